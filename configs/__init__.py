@@ -1,0 +1,1 @@
+"""YAML run configs and DeepSpeed presets shipped with the package."""

@@ -1,0 +1,1 @@
+"""Benchmarks, official-equivalent metrics, VQA runner, text-to-image evaluation."""

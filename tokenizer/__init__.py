@@ -1,0 +1,1 @@
+"""Pixels <-> codes (LlamaGen VQ) and codes -> semantic features (TokLIP)."""

@@ -1,0 +1,1 @@
+"""Data, the DeepSpeed engine, training stages. Only train/engine.py imports deepspeed."""

@@ -1,0 +1,1 @@
+"""The Shapes world: a procedural dataset the project makes itself."""

@@ -1,0 +1,50 @@
+"""The ``unified-ar`` command: a thin dispatcher over subcommand modules.
+
+Each subcommand lives beside the code it drives and exposes ``main(argv)``;
+modules are imported only when their command runs, so ``unified-ar --help``
+stays fast and importing this file has no side effects.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from unified_ar.config import ConfigError
+
+# name -> (module with main(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "world": ("unified_ar.train.shapes.cli", "generate the Shapes world and print its statistics"),
+}
+
+
+def register(name: str, module: str, help_text: str) -> None:
+    COMMANDS[name] = (module, help_text)
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: unified-ar COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += ["", "Run 'unified-ar COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"unified-ar: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except ConfigError as e:
+        print(f"unified-ar {name}: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
