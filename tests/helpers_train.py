@@ -1,0 +1,79 @@
+"""A tiny causal LM with the training contract (forward(batch) -> .loss, save/from_pretrained),
+and a synthetic token dataset, for the train/ tests."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class TinyOutput:
+    loss: torch.Tensor
+    metrics: dict
+
+
+class TinyLM(nn.Module):
+    """Embedding -> 2 residual MLP blocks over a causal running mean -> head. Shapes: ids [B,L]."""
+
+    def __init__(self, vocab: int = 32, hidden: int = 32):
+        super().__init__()
+        self.config = {"vocab": vocab, "hidden": hidden}
+        self.embed = nn.Embedding(vocab, hidden)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU())
+                                    for _ in range(2))
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, batch: dict) -> TinyOutput:
+        x = self.embed(batch["input_ids"])
+        steps = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype)[None, :, None]
+        x = x + x.cumsum(1) / steps
+        for block in self.blocks:
+            x = x + block(x)
+        logits = self.head(x)[:, :-1]
+        labels = batch["labels"][:, 1:]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        if batch.get("poison") is not None and bool(batch["poison"].any()):
+            loss = loss * float("nan")
+        return TinyOutput(loss=loss, metrics={"token_loss": loss.detach()})
+
+    def save_pretrained(self, directory) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(self.config))
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / "model.safetensors")
+
+    @classmethod
+    def from_pretrained(cls, directory) -> "TinyLM":
+        directory = Path(directory)
+        model = cls(**json.loads((directory / "config.json").read_text()))
+        model.load_state_dict(load_file(directory / "model.safetensors"), strict=True)
+        return model
+
+
+class PatternData:
+    """Sequences following ``x[t+1] = (x[t] * 3 + 1) % vocab``: learnable in a few steps."""
+
+    def __init__(self, size: int = 64, length: int = 12, vocab: int = 32, poison: set[int] | None = None):
+        self.size, self.length, self.vocab = size, length, vocab
+        self.poison = poison or set()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        ids = [index % self.vocab]
+        for _ in range(self.length - 1):
+            ids.append((ids[-1] * 3 + 1) % self.vocab)
+        return {"ids": ids, "poison": index in self.poison}
+
+
+def collate_pattern(records: list[dict]) -> dict:
+    ids = torch.tensor([r["ids"] for r in records])
+    return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids),
+            "poison": torch.tensor([r["poison"] for r in records])}

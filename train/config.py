@@ -1,0 +1,78 @@
+"""``TrainConfig``: everything the engine and the generic loop need, as one typed dataclass.
+
+The DeepSpeed JSON is generated from it (:func:`unified_ar.train.engine.deepspeed_config`),
+so a run is described by this config alone; the files in ``configs/deepspeed/`` are
+the generated JSON of common presets, for readers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, distribution, checkpointing and logging of one training run.
+
+    Steps are optimiser steps; one step consumes ``grad_accum_steps`` micro-batches
+    of ``micro_batch_size`` rows on every rank.
+    """
+
+    seed: int = 0
+    max_steps: int = 1000
+    micro_batch_size: int = 8  # rows per rank per micro-batch
+    grad_accum_steps: int = 1
+    # AdamW + cosine schedule with linear warmup (to lr) and decay to lr * min_lr_ratio.
+    lr: float = 3.0e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1.0e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    # DeepSpeed ZeRO: 0 = plain data parallel, 1 = optimizer states, 2 = + gradients, 3 = + parameters.
+    zero_stage: int = 0
+    offload_optimizer: bool = False  # ZeRO >= 1: optimizer states and step on the CPU (DeepSpeedCPUAdam)
+    offload_params: bool = False  # ZeRO-3 only: parameters live on the CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    gradient_checkpointing: bool = False
+    # Which parameters train: empty `trainable` = every parameter that requires grad;
+    # otherwise only names starting with one of these prefixes. `frozen` prefixes are then removed.
+    trainable: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
+    # Checkpoints: a DeepSpeed checkpoint every `save_every` steps (0: only at the end),
+    # the newest `keep_checkpoints` kept.
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    export_final: bool = True  # write a from_pretrained directory (run_dir/export) at the end
+    # Logging: console (tqdm) every `log_every` steps, metrics.jsonl every step.
+    log_every: int = 10
+    progress_bar: bool = True
+    report_to: Literal["none", "wandb"] = "none"
+    wandb_project: str = "unified-ar"
+    wandb_mode: Literal["offline", "online"] = "offline"
+    # A non-finite loss skips the micro-batch; this many in a row stop the run (with a checkpoint).
+    max_nonfinite_in_a_row: int = 8
+    # Extra DeepSpeed JSON merged over the generated one (expert use; keys are DeepSpeed's).
+    deepspeed_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.micro_batch_size >= 1, "micro_batch_size must be >= 1"),
+            (self.grad_accum_steps >= 1, "grad_accum_steps must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0"),
+            (self.zero_stage in (0, 1, 2, 3), f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}"),
+            (not self.offload_optimizer or self.zero_stage >= 1, "offload_optimizer needs zero_stage >= 1"),
+            (not self.offload_params or self.zero_stage == 3, "offload_params needs zero_stage 3"),
+            (self.save_every >= 0, "save_every must be >= 0"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.max_nonfinite_in_a_row >= 1, "max_nonfinite_in_a_row must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
