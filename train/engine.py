@@ -163,7 +163,8 @@ def _param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) ->
 
 @dataclass
 class MicroStep:
-    """What one micro-batch did. ``loss`` is NaN when it was skipped as non-finite."""
+    """What one micro-batch did. ``loss`` is the mean over ranks (NaN when skipped as non-finite);
+    ``metrics`` are this rank's."""
 
     loss: float
     metrics: dict[str, float] = field(default_factory=dict)
@@ -224,20 +225,21 @@ class Engine:
         backward, no step, and the accumulation boundary moves to the next batch."""
         output = self.ds(self.to_device(batch))
         loss = output.loss
-        finite = bool(torch.isfinite(loss.detach()).all())
+        value = float(loss.detach())
         if self.world_size > 1:
-            flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
-            torch.distributed.all_reduce(flag)
-            finite = flag.item() == 0.0
+            # One all-reduce gives both the mean loss to log and whether any rank saw a non-finite one.
+            shared = torch.tensor([value], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(shared)
+            value = shared.item() / self.world_size
         metrics = _output_metrics(output)
-        if not finite:
+        if not math.isfinite(value):
             return MicroStep(loss=float("nan"), metrics=metrics, finite=False)
         boundary = self.ds.is_gradient_accumulation_boundary()
         self.ds.backward(loss)
         if boundary and self._own_clip:
             self._grad_norm = self._clip()
         self.ds.step()
-        return MicroStep(loss=float(loss.detach()), metrics=metrics, stepped=boundary)
+        return MicroStep(loss=value, metrics=metrics, stepped=boundary)
 
     def _clip(self) -> torch.Tensor:
         grads = [p.grad for p in self._params if p.grad is not None]
