@@ -1,0 +1,108 @@
+"""UnifiedARModel: losses, packing mask, placeholders, backends, save/load."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unified_ar.config import ConfigError
+from unified_ar.llm import check_attention_backend
+from unified_ar.sampling import left_pad, positions
+from unified_ar.sequences import comprehension_example, generation_example
+from unified_helpers import randomize_, tiny_config, tiny_model
+
+CONV = [{"from": "human", "value": "<image>\nwhat color is the circle?"}, {"from": "gpt", "value": "red"}]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("tok"))
+
+
+def _examples(model):
+    n = model.num_image_tokens
+    gen = generation_example(model.layout, model.tokenizer, "a red circle", torch.arange(n) % 32, False)
+    comp = comprehension_example(model.layout, model.tokenizer, CONV, n)
+    return gen, comp
+
+
+def test_loss_is_weighted_sum_of_text_and_image_parts(tmp_path):
+    model = tiny_model(tmp_path, text_loss_weight=0.5, image_loss_weight=2.0)
+    gen, comp = _examples(model)
+    ids, mask = left_pad([gen.input_ids, comp.input_ids], model.layout.pad_id)
+    labels, _ = left_pad([gen.labels, comp.labels], -100)
+    codes = torch.randint(0, 32, (1, model.num_image_tokens))
+    out = model({"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": positions(mask),
+                 "image_codes": codes})
+    torch.testing.assert_close(out.loss, 0.5 * out.text_loss + 2.0 * out.image_loss)
+    # image loss: 16 image ids + <|image_end|>; text loss: the answer tokens and both eos
+    assert out.metrics["image_tokens"] == model.num_image_tokens + 1
+    assert out.metrics["text_tokens"] == sum(t != -100 for t in comp.labels[1:]) + 1
+    out.loss.backward()
+    assert model.projector.net[0].weight.grad is not None
+    assert all(p.grad is None for p in model.vq.parameters())  # frozen by default
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_packed_row_equals_samples_alone(tmp_path, backend):
+    model = tiny_model(tmp_path, **{"llm.attn_implementation": backend})
+    gen, comp = _examples(model)
+    codes = torch.randint(0, 32, (1, model.num_image_tokens))
+    alone = [model({"input_ids": torch.tensor([e.input_ids]), "image_codes": c}).logits[0]
+             for e, c in ((gen, codes[:0]), (comp, codes))]
+    row = gen.input_ids + comp.input_ids + [model.layout.pad_id] * 3
+    seg = [0] * len(gen.input_ids) + [1] * len(comp.input_ids) + [-1] * 3
+    pos = list(range(len(gen.input_ids))) + list(range(len(comp.input_ids))) + [0, 1, 2]
+    packed = model({"input_ids": torch.tensor([row]), "segment_ids": torch.tensor([seg]),
+                    "position_ids": torch.tensor([pos]), "image_codes": codes}).logits[0]
+    torch.testing.assert_close(packed[: len(gen.input_ids)], alone[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed[len(gen.input_ids): len(row) - 3], alone[1], atol=1e-5, rtol=1e-4)
+
+
+def test_placeholder_count_mismatch_is_one_clear_error(model):
+    _, comp = _examples(model)
+    ids = torch.tensor([comp.input_ids])
+    with pytest.raises(ValueError, match="image placeholder mismatch: input_ids hold 1 <\\|image\\|> run"):
+        model({"input_ids": ids, "image_codes": torch.zeros(2, model.num_image_tokens, dtype=torch.long)})
+    with pytest.raises(ValueError, match="image placeholder mismatch"):
+        model({"input_ids": ids})
+    short = [t for i, t in enumerate(comp.input_ids) if not (t == model.layout.image_placeholder_id and i % 5 == 0)]
+    with pytest.raises(ValueError, match="image placeholder mismatch"):
+        model({"input_ids": torch.tensor([short]), "image_codes": torch.zeros(1, 16, dtype=torch.long)})
+
+
+def test_comprehension_features_replace_placeholders(model):
+    _, comp = _examples(model)
+    codes = torch.randint(0, 32, (1, model.num_image_tokens))
+    embeds = model.embed(torch.tensor([comp.input_ids]), codes)[0]
+    slots = torch.tensor(comp.input_ids) == model.layout.image_placeholder_id
+    torch.testing.assert_close(embeds[slots], model.comprehension_embeds(codes)[0])
+
+
+def test_unknown_or_missing_attention_backend_is_one_clear_error():
+    with pytest.raises(ConfigError, match="unknown attention backend 'flash3'"):
+        check_attention_backend("flash3")
+    with pytest.raises(ConfigError, match="llm.attn_implementation: expected one of"):
+        tiny_config(**{"llm.attn_implementation": "flash3"})
+    import importlib.util
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(ConfigError, match="flash-attn package, which is not installed"):
+            check_attention_backend("flash_attention_2")
+
+
+def test_save_load_gives_identical_logits(tmp_path):
+    model = tiny_model(tmp_path / "tok")
+    randomize_(model.projector, seed=3)
+    gen, comp = _examples(model)
+    codes = torch.randint(0, 32, (1, model.num_image_tokens))
+    batch = {"input_ids": torch.tensor([comp.input_ids]), "image_codes": codes}
+    before = model(batch).logits
+    model.save_pretrained(tmp_path / "ckpt")
+    from unified_ar.modeling import UnifiedARModel
+
+    loaded = UnifiedARModel.from_pretrained(tmp_path / "ckpt")
+    assert loaded.layout == model.layout
+    assert torch.equal(loaded(batch).logits, before)
+    gen_batch = {"input_ids": torch.tensor([gen.input_ids])}
+    assert torch.equal(loaded(gen_batch).logits, model(gen_batch).logits)
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("*.safetensors")) == [
+        "llm.safetensors", "projector.safetensors", "vq.safetensors"]

@@ -1,0 +1,101 @@
+"""Sampling exactness: KV cache vs recompute, CFG 1 vs conditional, batch vs one-by-one, limits."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unified_ar.sampling import (
+    ImageSamplingConfig, TextSamplingConfig, answer_questions, filter_logits, generate_images, generate_text,
+    guidance_at, micro_batch_size,
+)
+from unified_ar.sequences import chat_prompt
+from unified_helpers import randomize_, tiny_model
+
+CAPTIONS = ["a red circle at the top left", "a blue square", "two large yellow squares on the right"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    m = tiny_model(tmp_path_factory.mktemp("tok"))
+    randomize_(m.llm, seed=5, scale=3.0)  # peaked logits, so sampling is not near-uniform
+    return m
+
+
+def test_greedy_with_cache_equals_recompute(model):
+    kw = dict(guidance_scale=2.0, temperature=0.0, decode_images=False)
+    fast = generate_images(model, CAPTIONS, seeds=0, cfg=ImageSamplingConfig(**kw), keep_logits=True)
+    slow = generate_images(model, CAPTIONS, seeds=0, cfg=ImageSamplingConfig(use_cache=False, **kw),
+                           keep_logits=True)
+    assert torch.equal(fast.codes, slow.codes)
+    assert len(fast.logits) == model.num_image_tokens
+    for a, b in zip(fast.logits, slow.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    prompts = [chat_prompt(model.layout, model.tokenizer, [{"role": "user", "content": c}], 16) for c in CAPTIONS]
+    t_fast = generate_text(model, prompts, cfg=TextSamplingConfig(max_new_tokens=12))
+    t_slow = generate_text(model, prompts, cfg=TextSamplingConfig(max_new_tokens=12, use_cache=False))
+    assert t_fast == t_slow
+
+
+def test_cfg_scale_one_equals_conditional_sampling(model):
+    kw = dict(temperature=1.0, top_k=20, decode_images=False)
+    guided = generate_images(model, CAPTIONS, seeds=7, cfg=ImageSamplingConfig(guidance_scale=1.0, **kw),
+                             keep_logits=True)
+    cond = generate_images(model, CAPTIONS, seeds=7, cfg=ImageSamplingConfig(guidance_scale=None, **kw),
+                           keep_logits=True)
+    assert torch.equal(guided.codes, cond.codes)
+    torch.testing.assert_close(torch.stack(guided.logits), torch.stack(cond.logits), atol=1e-4, rtol=0)
+    other = generate_images(model, CAPTIONS, seeds=7, cfg=ImageSamplingConfig(guidance_scale=4.0, **kw))
+    assert not torch.equal(other.codes, cond.codes)  # guidance does change the samples
+
+
+def test_batch_equals_one_by_one_with_the_same_seeds(model):
+    cfg = ImageSamplingConfig(guidance_scale=3.0, temperature=1.0, top_k=16, top_p=0.9)
+    seeds = [11, 12, 13]
+    batch = generate_images(model, CAPTIONS, seeds=seeds, cfg=cfg)
+    for i, caption in enumerate(CAPTIONS):
+        one = generate_images(model, [caption], seeds=[seeds[i]], cfg=cfg)
+        assert torch.equal(one.codes[0], batch.codes[i])
+    micro = generate_images(model, CAPTIONS, seeds=seeds, cfg=ImageSamplingConfig(
+        guidance_scale=3.0, temperature=1.0, top_k=16, top_p=0.9, max_batch=2))
+    assert torch.equal(micro.codes, batch.codes)
+    assert batch.codes.shape == (3, *model.grid) and int(batch.codes.max()) < model.layout.codebook_size
+    assert batch.images[0].size == (model.config.image_size,) * 2 and batch.seeds == seeds
+    assert len({tuple(c.flatten().tolist()) for c in batch.codes}) == 3
+
+
+def test_memory_limit_sets_the_micro_batch(model):
+    # [cond; uncond] x 2 layers x (k, v) x 2 kv heads x head_dim 8 x 40 tokens x 4 bytes = 20480 B a prompt
+    assert micro_batch_size(model, 64, 40, ImageSamplingConfig(memory_limit_mb=0.1)) == int(0.1 * 2**20 // 20480)
+    assert micro_batch_size(model, 64, 40, ImageSamplingConfig(memory_limit_mb=0.1, max_batch=2)) == 2
+    assert micro_batch_size(model, 64, 40, ImageSamplingConfig()) == 64
+    with pytest.raises(ValueError, match="below one prompt's KV cache"):
+        micro_batch_size(model, 8, 40, ImageSamplingConfig(memory_limit_mb=1e-6))
+
+
+def test_prompt_longer_than_context_is_one_clear_error(model):
+    long_caption = " ".join(["a red circle"] * 400)
+    with pytest.raises(ValueError, match="exceeds the model's context of 512"):
+        generate_images(model, [long_caption], cfg=ImageSamplingConfig(decode_images=False))
+    prompt = chat_prompt(model.layout, model.tokenizer, [{"role": "user", "content": long_caption}], 16)
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        generate_text(model, [prompt])
+
+
+def test_ask_about_a_generated_image_from_its_codes(model):
+    drawn = generate_images(model, CAPTIONS[:2], seeds=1, cfg=ImageSamplingConfig(decode_images=False))
+    answers = answer_questions(model, list(drawn.codes), ["what color is the circle?", "how many shapes?"],
+                               max_new_tokens=5)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    # batched VQA equals one-by-one (left padding does not leak into the answers)
+    single = answer_questions(model, [drawn.codes[1]], ["how many shapes?"], max_new_tokens=5)
+    assert single[0] == answers[1]
+
+
+def test_filters_and_schedules():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    assert torch.isinf(filter_logits(logits, top_k=2, top_p=1.0)).tolist() == [[True, False, False, True]]
+    kept = filter_logits(logits, top_k=0, top_p=0.5)
+    assert (~torch.isinf(kept)).sum() == 1 and kept[0, 1] == 3.0
+    assert guidance_at(3.0, "constant", 0, 10) == 3.0
+    assert guidance_at(3.0, "linear", 0, 10) == 1.0 and guidance_at(3.0, "linear", 9, 10) == 3.0
+    assert guidance_at(3.0, "cosine", 9, 10) == pytest.approx(3.0)

@@ -1,0 +1,332 @@
+"""The unified model: an ``AutoModelForCausalLM`` over the merged vocabulary, the VQ and the
+TokLIP token encoder (frozen by default), and projectors from visual features to the LLM.
+
+- Comprehension: each run of ``<|image|>`` placeholders takes the projected features
+  of the matching ``image_codes`` row (TokLIP tokens, or raw VQ code vectors with
+  ``comprehension_features: vq``, an ablation).
+- Generation: image ids are ordinary tokens. With ``semantic_gen_input`` the input at
+  a position whose token is code ``c_j`` of an image is
+  ``embed(id(c_j)) + gen_projector(TokLIP_causal(c_0..c_j)[j])``: the feature of the
+  codes already in the input. The causal encoder makes this identical at training
+  time (one pass over all codes) and sampling time (TokLIP's cache, one code a step).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unified_ar.config import from_dict, to_dict
+from unified_ar.llm import LLMConfig, build_llm, check_attention_backend, llm_hidden_size
+from unified_ar.projector import Projector, ProjectorConfig
+from unified_ar.sequences import IGNORE
+from unified_ar.vocab import VocabLayout, resize_llm_vocab
+
+CONFIG_NAME = "unified_config.json"
+
+
+@dataclass
+class PartConfig:
+    """A VQ or TokLIP: a preset (random init), or a ``path`` (our directory or an official ``.pt``)."""
+
+    preset: str | None = None
+    path: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    trainable: bool = False
+
+
+@dataclass
+class UnifiedConfig:
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    vq: PartConfig = field(default_factory=lambda: PartConfig(preset="VQ-shapes"))
+    toklip: PartConfig = field(default_factory=lambda: PartConfig(preset="TokLIP-shapes"))
+    tokenizer: str | None = None  # directory loadable by AutoTokenizer (required by from_config)
+    image_size: int = 96
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    comprehension_features: Literal["toklip", "vq"] = "toklip"
+    semantic_gen_input: bool = False
+    text_loss_weight: float = 1.0
+    image_loss_weight: float = 1.0
+
+
+@dataclass
+class UnifiedOutput:
+    """``loss``/``text_loss``/``image_loss``: scalars (None without labels); ``logits``: [B,L,V]."""
+
+    loss: torch.Tensor | None
+    text_loss: torch.Tensor | None
+    image_loss: torch.Tensor | None
+    logits: torch.Tensor
+    past_key_values: Any = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _build_vq(part: PartConfig, device) -> nn.Module:
+    from unified_ar.tokenizer.vq import VQ_PRESETS, VQConfig, VQModel, preset_config, read_config_json
+
+    path = Path(part.path) if part.path else None
+    if torch.device(device).type == "meta" or path is None:
+        if path is not None and path.is_dir():
+            cfg = replace(read_config_json(VQConfig, path / "config.json"), **part.overrides)
+        else:
+            cfg = preset_config(VQ_PRESETS, part.preset, **part.overrides)
+        with torch.device(device):
+            return VQModel(cfg)
+    is_dir = path.is_dir()
+    return VQModel.from_pretrained(path, None if is_dir else part.preset, **part.overrides)
+
+
+def _build_toklip(part: PartConfig, device) -> nn.Module:
+    from unified_ar.tokenizer import toklip as tk
+    from unified_ar.tokenizer.vq import preset_config, read_config_json
+
+    path = Path(part.path) if part.path else None
+    if torch.device(device).type == "meta" or path is None:
+        if path is not None and path.is_dir():
+            cfg = replace(read_config_json(tk.TokLIPConfig, path / "config.json"), **part.overrides)
+        else:
+            cfg = preset_config(tk.TOKLIP_PRESETS, part.preset, **part.overrides)
+        with torch.device(device):
+            return tk.TokLIP(cfg)
+    if path.is_dir():
+        return tk.TokLIP.from_pretrained(path, **part.overrides)
+    return tk.TokLIP.from_official_checkpoint(path, part.preset, **part.overrides)
+
+
+def _runs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs of True in a [B,L] mask: flat start indices and lengths, in row-major order."""
+    start = mask & ~F.pad(mask[:, :-1], (1, 0), value=False)
+    end = mask & ~F.pad(mask[:, 1:], (0, 1), value=False)  # rows end with False, so runs never cross rows
+    starts = start.flatten().nonzero().squeeze(1)
+    ends = end.flatten().nonzero().squeeze(1)
+    return starts, ends - starts + 1
+
+
+def packed_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Block-diagonal causal additive mask [B,1,L,L] from ``segment_ids`` [B,L] (-1 = pad).
+
+    transformers returns a 4D mask unchanged, so eager and sdpa both use it as is.
+    Pad positions attend to themselves only (a fully masked row would be NaN in eager)."""
+    L = segment_ids.shape[1]
+    pos = torch.arange(L, device=segment_ids.device)
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    allowed = same & (segment_ids[:, :, None] >= 0) & (pos[None, :, None] >= pos[None, None, :])
+    allowed |= torch.eye(L, dtype=torch.bool, device=segment_ids.device)[None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+class UnifiedARModel(nn.Module):
+    """LLM + VQ + TokLIP + projectors. Build with :meth:`from_config` or :meth:`from_pretrained`."""
+
+    def __init__(self, config: UnifiedConfig, tokenizer, device: str | torch.device = "cpu", meta_ok: bool = False):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.vq = _build_vq(config.vq, device)
+        self.layout = VocabLayout.from_tokenizer(tokenizer, self.vq.config.codebook_size)
+        self.llm = build_llm(config.llm, self.layout.text_vocab_size, device, meta_ok=meta_ok)
+        resize_llm_vocab(self.llm, self.layout)
+        hidden = llm_hidden_size(self.llm)
+        needs_toklip = config.comprehension_features == "toklip" or config.semantic_gen_input
+        self.toklip = _build_toklip(config.toklip, device) if needs_toklip else None
+        in_dim = self.toklip.feature_dim if config.comprehension_features == "toklip" else self.vq.config.codebook_embed_dim
+        with torch.device(device):
+            self.projector = Projector(config.projector, in_dim, hidden)
+            self.gen_projector = (
+                Projector(config.projector, self.toklip.feature_dim, hidden, zero_init_last=True)
+                if config.semantic_gen_input else None
+            )
+        self.grid = (self.vq.grid_size(config.image_size),) * 2
+        for part, cfg in ((self.vq, config.vq), (self.toklip, config.toklip)):
+            if part is not None and not cfg.trainable:
+                part.requires_grad_(False)
+                part.eval()
+
+    @classmethod
+    def from_config(cls, config: UnifiedConfig, tokenizer=None, device="cpu", meta_ok: bool = False):
+        """Build from a config; the tokenizer is loaded from ``config.tokenizer`` unless given."""
+        if tokenizer is None:
+            if config.tokenizer is None:
+                raise ValueError("UnifiedConfig.tokenizer: a tokenizer directory is required")
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(config.tokenizer, local_files_only=True)
+        return cls(config, tokenizer, device, meta_ok=meta_ok)
+
+    # -- frozen parts stay in eval mode (no dropout / usage statistics) -------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for part, cfg in ((self.vq, self.config.vq), (self.toklip, self.config.toklip)):
+            if part is not None and not cfg.trainable:
+                part.eval()
+        return self
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    # -- visual features ------------------------------------------------------------------
+    def comprehension_embeds(self, image_codes: torch.Tensor) -> torch.Tensor:
+        """image_codes [M,N] (or [M,h,w]) -> projected features [M,N,H]."""
+        codes = image_codes.reshape(image_codes.shape[0], *self.grid)
+        if self.config.comprehension_features == "toklip":
+            feats = self.toklip.encode_codes(codes)[0]
+        else:
+            feats = self.vq.code_embeddings(codes).flatten(2).transpose(1, 2)
+        return self.projector(feats.to(self.projector.net[0].weight.dtype))
+
+    def gen_embeds(self, ids: torch.Tensor, toklip_tokens: torch.Tensor | None) -> torch.Tensor:
+        """Input embeddings of image ids [B,k] (+ projected causal TokLIP tokens [B,k,d]) -> [B,k,H]."""
+        embeds = self.llm.get_input_embeddings()(ids)
+        if self.gen_projector is None:
+            return embeds
+        if toklip_tokens is None:
+            raise ValueError("semantic_gen_input is on: image ids need their causal TokLIP tokens")
+        return embeds + self._project_gen(toklip_tokens).to(embeds.dtype)
+
+    def _project_gen(self, toklip_tokens: torch.Tensor) -> torch.Tensor:
+        return self.gen_projector(toklip_tokens.to(self.gen_projector.net[0].weight.dtype))
+
+    def _gen_features(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Causal TokLIP tokens [R*N, d] of every image-id run in ``input_ids`` (row-major)."""
+        starts, lengths = _runs(self.layout.is_image_id(input_ids))
+        n = self.num_image_tokens
+        if bool((lengths != n).any()):
+            raise ValueError(f"semantic_gen_input: image-id runs of lengths {lengths.tolist()}; each must hold "
+                             f"exactly {n} codes ({self.grid[0]}x{self.grid[1]})")
+        flat = input_ids.flatten()
+        idx = starts[:, None] + torch.arange(n, device=flat.device)
+        codes = self.layout.ids_to_codes(flat[idx])
+        return self.toklip.encode_codes(codes.view(-1, *self.grid))[0].reshape(-1, self.toklip.feature_dim)
+
+    def embed(self, input_ids: torch.Tensor, image_codes: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B,L] (+ image_codes [M,N], one row per ``<|image|>`` run) -> inputs_embeds [B,L,H]."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        slots = input_ids == self.layout.image_placeholder_id
+        _, lengths = _runs(slots)
+        m = 0 if image_codes is None else image_codes.shape[0]
+        if len(lengths) != m or int(slots.sum()) != m * self.num_image_tokens:
+            raise ValueError(
+                f"image placeholder mismatch: input_ids hold {len(lengths)} <|image|> run(s) with "
+                f"{int(slots.sum())} placeholder tokens, but image_codes has {m} image(s) x "
+                f"{self.num_image_tokens} tokens"
+            )
+        if m:
+            feats = self.comprehension_embeds(image_codes).to(embeds.dtype)
+            embeds = embeds.masked_scatter(slots[..., None], feats)
+        if self.gen_projector is not None:
+            image = self.layout.is_image_id(input_ids)
+            if bool(image.any()):
+                extra = self._project_gen(self._gen_features(input_ids)).to(embeds.dtype)
+                embeds = embeds.masked_scatter(image[..., None], embeds[image] + extra)
+        return embeds
+
+    # -- forward --------------------------------------------------------------------------
+    def run_llm(self, embeds, attention_mask=None, position_ids=None, cache=None, use_cache=False, logits_to_keep=0):
+        """One LLM pass on ``embeds`` [B,L,H]; returns the transformers output (logits, cache)."""
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                        cache=cache, use_cache=use_cache, logits_to_keep=logits_to_keep)
+
+    def _attention(self, batch: dict, dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        position_ids = batch.get("position_ids")
+        segment_ids = batch.get("segment_ids")
+        if segment_ids is None:
+            return batch.get("attention_mask"), position_ids
+        if position_ids is None:
+            raise ValueError("packed batch: segment_ids given without position_ids")
+        if self.config.llm.attn_implementation == "flash_attention_2":
+            # varlen FlashAttention: transformers finds sample boundaries where position_ids restart
+            return None, position_ids
+        return packed_causal_mask(segment_ids, dtype), position_ids
+
+    def forward(self, batch: dict) -> UnifiedOutput:
+        """``batch``: input_ids [B,L], optional labels [B,L], attention_mask [B,L], position_ids [B,L],
+        segment_ids [B,L] (-1 pad), image_codes [M,N]. Returns :class:`UnifiedOutput`."""
+        input_ids = batch["input_ids"]
+        embeds = self.embed(input_ids, batch.get("image_codes"))
+        attention_mask, position_ids = self._attention(batch, embeds.dtype)
+        out = self.run_llm(embeds, attention_mask, position_ids)
+        labels = batch.get("labels")
+        if labels is None:
+            return UnifiedOutput(None, None, None, out.logits, out.cache)
+        return self._loss(out.logits, labels, batch.get("segment_ids"), out.cache)
+
+    def _loss(self, logits, labels, segment_ids, cache) -> UnifiedOutput:
+        targets = labels[:, 1:].clone()
+        if segment_ids is not None:
+            # never predict the first token of the next packed sample
+            targets[segment_ids[:, 1:] != segment_ids[:, :-1]] = IGNORE
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                             ignore_index=IGNORE, reduction="none").view_as(targets)
+        valid = targets != IGNORE
+        is_image = self.layout.is_image_id(targets) | (targets == self.layout.image_end_id)
+        zero = logits.new_zeros((), dtype=torch.float32)
+        text_mask, image_mask = valid & ~is_image, valid & is_image
+        text_loss = ce[text_mask].mean() if bool(text_mask.any()) else zero
+        image_loss = ce[image_mask].mean() if bool(image_mask.any()) else zero
+        loss = self.config.text_loss_weight * text_loss + self.config.image_loss_weight * image_loss
+        metrics = {"text_loss": float(text_loss.detach()), "image_loss": float(image_loss.detach()),
+                   "text_tokens": float(text_mask.sum()), "image_tokens": float(image_mask.sum())}
+        return UnifiedOutput(loss, text_loss, image_loss, logits, cache, metrics)
+
+    # -- save / load ----------------------------------------------------------------------
+    def _saved_parts(self) -> dict[str, nn.Module]:
+        """Parts written to safetensors; frozen VQ/TokLIP loaded from a path are referenced instead."""
+        parts = {"llm": self.llm, "projector": self.projector}
+        if self.gen_projector is not None:
+            parts["gen_projector"] = self.gen_projector
+        for name, cfg in (("vq", self.config.vq), ("toklip", self.config.toklip)):
+            module = getattr(self, name)
+            if module is not None and (cfg.trainable or cfg.path is None):
+                parts[name] = module
+        return parts
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``unified_config.json``, the LLM's HF config, one safetensors file per part, the tokenizer."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        data = to_dict(self.config)
+        # The LLM is rebuilt from its own HF config on load (random init, then our weights),
+        # so a checkpoint never needs the original LLM directory.
+        data["llm"] = {**data["llm"], "path": None, "preset": None, "hf_config": self.llm.config.to_dict()}
+        data["tokenizer"] = None
+        (directory / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
+        for name, module in self._saved_parts().items():
+            save_model(module, str(directory / f"{name}.safetensors"))
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **llm_overrides) -> "UnifiedARModel":
+        """Load a :meth:`save_pretrained` directory (strict; no network). ``llm_overrides``
+        replace LLMConfig fields (e.g. ``attn_implementation="eager"``)."""
+        from safetensors.torch import load_model
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        path = directory / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not a unified model directory (no {CONFIG_NAME})")
+        config = from_dict(UnifiedConfig, json.loads(path.read_text()), str(path))
+        config = replace(config, llm=replace(config.llm, **llm_overrides))
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        model = cls(config, tokenizer)
+        for name, module in model._saved_parts().items():
+            file = directory / f"{name}.safetensors"
+            if not file.is_file():
+                raise FileNotFoundError(f"{file}: missing weights of part {name!r}")
+            load_model(module, str(file), strict=True)
+        return model.eval()
