@@ -3,10 +3,10 @@
 Evaluation only needs two callables:
 
 * ``answer_fn(list[VQASample]) -> list[str]`` (greedy short answers), for ``eval-vqa``;
-* ``image_fn(list[str]) -> list[np.ndarray uint8 [H, W, 3]]`` (one image per prompt), for ``eval-t2i``.
+* ``image_fn(prompts, indices) -> list[np.ndarray uint8 [H, W, 3]]`` (one image per prompt), for ``eval-t2i``.
 
-They come from the unified model's batched samplers in ``unified_ar/sampling.py``
-(another part of the project), imported lazily so that the metrics and the
+They wrap ``answer_questions`` / ``generate_images`` of ``unified_ar/sampling.py``
+(another part of the project) around ``UnifiedARModel.from_pretrained``, imported lazily so that the metrics and the
 score-only paths work without a model. Until that module exists, asking for a
 model is a clear error.
 """
@@ -30,20 +30,48 @@ def _sampling() -> Any:
             "images folder with eval-t2i --images") from None
 
 
-def _factory(name: str) -> Callable:
-    sampling = _sampling()
-    factory = getattr(sampling, name, None)
-    if factory is None:
-        raise RuntimeError(f"{SAMPLING_MODULE} has no {name}(); eval/model_adapter.py expects "
-                           f"{name}(model_dir, **options) returning the callable described in its docstring")
-    return factory
+def _require(module: Any, name: str) -> Callable:
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise RuntimeError(f"{module.__name__} has no {name}(); eval/model_adapter.py needs it")
+    return fn
+
+
+def load_model(model_dir: str):
+    """``UnifiedARModel.from_pretrained(model_dir)`` in eval mode."""
+    from unified_ar.modeling import UnifiedARModel
+
+    return UnifiedARModel.from_pretrained(model_dir).eval()
 
 
 def load_answer_fn(model_dir: str, max_new_tokens: int = 16) -> Callable:
-    """``answer_fn`` for ``model_dir`` (greedy decoding, ``max_new_tokens`` per answer)."""
-    return _factory("vqa_answer_fn")(model_dir, max_new_tokens=max_new_tokens)
+    """``answer_fn`` for ``model_dir``: greedy answers of at most ``max_new_tokens`` tokens."""
+    answer_questions = _require(_sampling(), "answer_questions")
+    model = load_model(model_dir)
+
+    def answer_fn(batch: list) -> list[str]:
+        images = [s.load_image() for s in batch]
+        text_only = [s.question_id for s, img in zip(batch, images) if img is None]
+        if text_only:
+            raise ValueError(f"questions without an image are not supported by the unified model: {text_only[:3]}")
+        return answer_questions(model, images, [s.prompt for s in batch], max_new_tokens=max_new_tokens,
+                                batch_size=len(batch))
+
+    return answer_fn
 
 
-def load_image_fn(model_dir: str, cfg_scale: float = 1.0, seed: int = 0) -> Callable:
-    """``image_fn`` for ``model_dir`` (classifier-free guidance ``cfg_scale``, seeded)."""
-    return _factory("t2i_image_fn")(model_dir, cfg_scale=cfg_scale, seed=seed)
+def load_image_fn(model_dir: str, cfg_scale: float | None = 1.0, seed: int = 0) -> Callable:
+    """``image_fn(prompts, indices)`` for ``model_dir``; prompt ``indices[i]`` is sampled with seed
+    ``seed + indices[i]``, so a resumed or re-batched run draws the same images."""
+    import numpy as np
+
+    sampling = _sampling()
+    generate_images = _require(sampling, "generate_images")
+    cfg = _require(sampling, "ImageSamplingConfig")(guidance_scale=cfg_scale)
+    model = load_model(model_dir)
+
+    def image_fn(prompts: list[str], indices: list[int]) -> list:
+        samples = generate_images(model, prompts, seeds=[seed + i for i in indices], cfg=cfg)
+        return [np.asarray(img.convert("RGB")) for img in samples.images]
+
+    return image_fn
