@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="folder of NNNN.png images, one per prompt index")
     src.add_argument("--model", help="model directory to sample the images from")
+    src.add_argument("--render", action="store_true",
+                     help="judge the world's own renders of each spec (the judge's self-check: 1.0)")
+    p.add_argument("--shuffle-seed", type=int, default=None,
+                   help="permute the images across prompts first (a wrong-image control)")
     p.add_argument("--out", default="eval_out/t2i", help="output folder")
     p.add_argument("--world", default=None, help="world.json (default: beside the prompts file)")
     p.add_argument("--limit", type=int, default=None)
@@ -164,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _images(args: argparse.Namespace, prompts: list[dict], out: Path) -> tuple[list[np.ndarray], Path]:
+    if args.render:
+        from unified_ar.train.shapes.world import Scene, render
+
+        world = world_config(args.prompts, args.world)
+        folder = out / "renders"
+        folder.mkdir(parents=True, exist_ok=True)
+        images = [render(Scene.from_dict(p["spec"]), world) for p in prompts]
+        for p, img in zip(prompts, images):
+            Image.fromarray(img).save(folder / image_name(p["index"]))
+        return images, folder
     if args.images:
         return read_images(args.images, prompts), Path(args.images)
     from unified_ar.eval.model_adapter import load_image_fn
@@ -181,6 +195,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     images, folder = _images(args, prompts, out)
     metrics: dict = {"prompts": args.prompts, "images": str(folder), "num_images": len(images)}
+    if args.shuffle_seed is not None:
+        order = np.random.default_rng(args.shuffle_seed).permutation(len(images))
+        images = [images[i] for i in order]
+        metrics["shuffled_with_seed"] = args.shuffle_seed
     if all("spec" in p for p in prompts):
         result = evaluate_images(images, [p["spec"] for p in prompts], world_config(args.prompts, args.world))
         metrics["shapes_eval"] = result.summary()
@@ -206,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.fid_extractor and not args.fid_ref:
         print("eval-t2i: --fid-extractor needs --fid-ref DIR", file=sys.stderr)
         return 2
-    metrics = evaluate(args)
+    try:
+        metrics = evaluate(args)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        print(f"unified-ar eval-t2i: {e}", file=sys.stderr)
+        return 2
     from unified_ar.eval.vqa_runner import metrics_markdown
 
     out = Path(args.out)

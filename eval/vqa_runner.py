@@ -170,6 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     if (args.model is None) == (args.predictions is None):
         print("eval-vqa: give exactly one of --model (run) or --predictions (score only)", file=sys.stderr)
         return 2
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        # bad input files / options: one line naming the file or key, not a traceback
+        print(f"unified-ar eval-vqa: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     options = _options(args)
     if args.predictions is not None:
         predictions = read_predictions(args.predictions)

@@ -80,12 +80,12 @@ def test_cli_on_world_test_images_and_shuffled(shapes_world, tmp_path, capsys):
     assert (tmp_path / "out_shuffled" / "metrics.md").is_file()
 
 
-def test_missing_image_is_a_clear_error(tmp_path):
+def test_missing_image_is_a_clear_error(tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"index": 3, "prompt": "a red circle", "spec": {"objects": []}}) + "\n")
     (tmp_path / "imgs").mkdir()
-    with pytest.raises(FileNotFoundError, match="0003.png"):
-        t2i_main(["--images", str(tmp_path / "imgs"), "--prompts", str(prompts), "--out", str(tmp_path / "o")])
+    assert t2i_main(["--images", str(tmp_path / "imgs"), "--prompts", str(prompts), "--out", str(tmp_path / "o")]) == 2
+    assert "0003.png" in capsys.readouterr().err
 
 
 def test_geneval_layout(tmp_path):
@@ -147,3 +147,13 @@ def test_toklip_score_is_mean_cosine():
     score = toklip_score(FakeTokLIP(), lambda s: [1] * len(s.split()), [red, red], ["red", "two words"])
     assert score == pytest.approx(0.0, abs=1e-6)
     assert toklip_score(FakeTokLIP(), lambda s: [1], [red], ["red"]) == pytest.approx(1 / np.sqrt(3), abs=1e-6)
+
+
+def test_cli_render_self_check_and_shuffle_control(shapes_world, tmp_path, capsys):
+    prompts_file = str(shapes_world / "t2i_prompts_test.jsonl")
+    assert t2i_main(["--render", "--prompts", prompts_file, "--out", str(tmp_path / "r")]) == 0
+    assert json.loads(capsys.readouterr().out)["shapes_eval"]["exact"] == 1.0
+    assert t2i_main(["--images", str(tmp_path / "r" / "renders"), "--shuffle-seed", "0",
+                     "--prompts", prompts_file, "--out", str(tmp_path / "s")]) == 0
+    shuffled = json.loads(capsys.readouterr().out)
+    assert shuffled["shuffled_with_seed"] == 0 and shuffled["shapes_eval"]["exact"] <= 0.3
