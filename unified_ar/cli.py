@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("unified_ar.train.shapes.cli", "generate the Shapes world and print its statistics"),
     "eval-vqa": ("unified_ar.eval.vqa_runner", "answer or score a VQA benchmark (official-equivalent metrics)"),
     "eval-t2i": ("unified_ar.eval.t2i", "evaluate text-to-image: ShapesEval, TokLIP score, FID, GenEval export"),
+    "sample": ("unified_ar.commands.sample", "text-to-image for a prompts file: PNGs, a grid, a JSON record"),
+    "chat": ("unified_ar.commands.chat", "interactive multi-turn chat; /draw draws, then ask about the drawing"),
+    "model-info": ("unified_ar.commands.model_info", "parameter counts and bf16 training memory, built on meta"),
 }
 
 

@@ -112,7 +112,7 @@ def build_llm(cfg: LLMConfig, vocab_size: int, device: str | torch.device = "cpu
         with torch.device(device):
             llm = AutoModelForCausalLM.from_config(hf, dtype=dtype, attn_implementation=cfg.attn_implementation)
     if cfg.gradient_checkpointing:
-        llm.gradient_checkpointing_enable()
+        llm.activation_checkpointing_enable()
     return llm
 
 

@@ -125,12 +125,19 @@ def packed_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.T
 class UnifiedARModel(nn.Module):
     """LLM + VQ + TokLIP + projectors. Build with :meth:`from_config` or :meth:`from_pretrained`."""
 
-    def __init__(self, config: UnifiedConfig, tokenizer, device: str | torch.device = "cpu", meta_ok: bool = False):
+    def __init__(self, config: UnifiedConfig, tokenizer, device: str | torch.device = "cpu", meta_ok: bool = False,
+                 text_vocab_size: int | None = None):
+        """``tokenizer=None`` with ``text_vocab_size`` builds for size estimates only (model-info on meta)."""
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
         self.vq = _build_vq(config.vq, device)
-        self.layout = VocabLayout.from_tokenizer(tokenizer, self.vq.config.codebook_size)
+        if tokenizer is None:
+            if text_vocab_size is None:
+                raise ValueError("UnifiedARModel: give a tokenizer (or text_vocab_size for a size estimate)")
+            self.layout = VocabLayout.sized(text_vocab_size, self.vq.config.codebook_size)
+        else:
+            self.layout = VocabLayout.from_tokenizer(tokenizer, self.vq.config.codebook_size)
         self.llm = build_llm(config.llm, self.layout.text_vocab_size, device, meta_ok=meta_ok)
         resize_llm_vocab(self.llm, self.layout)
         hidden = llm_hidden_size(self.llm)

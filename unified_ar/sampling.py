@@ -293,7 +293,7 @@ def generate_text(model, prompts: list[list[int]], image_codes: torch.Tensor | N
     return out
 
 
-def _to_codes(model, item) -> torch.Tensor:
+def image_to_codes(model, item) -> torch.Tensor:
     """A PIL image, pixels [3,H,W] in [-1,1], or codes [N] / [h,w] -> codes [N]."""
     if isinstance(item, Image.Image):
         size = model.config.image_size
@@ -318,7 +318,7 @@ def answer_questions(model, images_or_codes: list, questions: list[str], max_new
     cfg = cfg or TextSamplingConfig(max_new_tokens=max_new_tokens)
     answers: list[str] = []
     for i in range(0, len(questions), batch_size):
-        codes = torch.stack([_to_codes(model, x) for x in images_or_codes[i:i + batch_size]])
+        codes = torch.stack([image_to_codes(model, x) for x in images_or_codes[i:i + batch_size]])
         prompts = [
             chat_prompt(model.layout, model.tokenizer, [{"role": "user", "content": VQA_TEMPLATE.format(question=q)}],
                         model.num_image_tokens)

@@ -76,6 +76,12 @@ class VocabLayout:
             bos_id=tokenizer.bos_token_id,
         )
 
+    @classmethod
+    def sized(cls, text_vocab_size: int, codebook_size: int) -> "VocabLayout":
+        """A layout for size estimates only (``model-info`` without the tokenizer on this
+        machine): the sizes are right, every special id is -1 and must not be used."""
+        return cls(text_vocab_size, codebook_size, -1, -1, -1, -1, -1, None)
+
     @property
     def code_offset(self) -> int:
         """Id of image code 0."""

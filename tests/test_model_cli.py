@@ -1,0 +1,68 @@
+"""The sample / chat / model-info commands on a tiny saved model."""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from unified_ar.cli import main as cli_main
+from unified_helpers import tiny_model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("model")
+    model = tiny_model(root / "tok")
+    model.save_pretrained(root / "ckpt")
+    return root / "ckpt"
+
+
+def test_sample_writes_pngs_grid_and_record(saved, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a red circle"}\n\n{"prompt": "a blue square", "index": 3}\n')
+    out = tmp_path / "out"
+    assert cli_main(["sample", "--model", str(saved), "--prompts", str(prompts), "--out", str(out),
+                     "--seed", "5", "--max-batch", "1"]) == 0
+    record = json.loads((out / "samples.json").read_text())
+    assert [s["prompt"] for s in record["samples"]] == ["a red circle", "a blue square"]
+    assert [s["seed"] for s in record["samples"]] == [5, 6]
+    assert record["settings"]["guidance_scale"] == 3.0
+    assert Image.open(out / "00001.png").size == (16, 16) and (out / "grid.png").is_file()
+    plain = tmp_path / "plain.txt"
+    plain.write_text("a red circle\n")
+    assert cli_main(["sample", "--model", str(saved), "--prompts", str(plain), "--out", str(tmp_path / "o2"),
+                     "--seed", "5", "--no-cfg"]) == 0
+
+
+def test_chat_draws_then_answers_about_the_drawing(saved, tmp_path, monkeypatch, capsys):
+    lines = "/draw a red circle\nwhat color is the circle?\nis there a square?\n/quit\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+    assert cli_main(["chat", "--model", str(saved), "--out", str(tmp_path), "--max-new-tokens", "4"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert any("drew" in line for line in printed) and (tmp_path / "drawing_000.png").is_file()
+
+
+def test_chat_session_puts_the_drawn_codes_in_the_next_turn(saved, tmp_path):
+    from unified_ar.commands.chat import ChatSession
+    from unified_ar.modeling import UnifiedARModel
+
+    session = ChatSession(UnifiedARModel.from_pretrained(saved), tmp_path, max_new_tokens=3)
+    session.handle("/draw a red circle")
+    drawn = session.pending.clone()
+    session.handle("what color is the circle?")
+    assert len(session.images) == 1 and (session.images[0] == drawn).all()
+    assert session.messages[0]["content"].startswith("<image>")
+    session.handle("is there a square?")  # a second turn still sees the same one image
+    assert len(session.images) == 1 and len(session.messages) == 4
+
+
+def test_model_info_prints_counts_and_memory(tmp_path, capsys):
+    from unified_ar.config import packaged_config
+
+    cfg = packaged_config("model/100m.yaml")
+    assert cli_main(["model-info", "--config", str(cfg), "--comprehension_features", "vq"]) == 0
+    out = capsys.readouterr().out
+    assert "llm" in out and "85,641,984" in out and "bf16 training step" in out
+    assert cli_main(["model-info", "--config", str(cfg), "--llm.preset", "nope"]) == 2

@@ -1,0 +1,1 @@
+"""Subcommands of ``unified-ar`` that drive the unified model (sample, chat, model-info)."""

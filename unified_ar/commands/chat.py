@@ -1,0 +1,112 @@
+"""``unified-ar chat``: interactive multi-turn chat; ``/draw <caption>`` draws, and the next turns
+can ask about the drawing straight from its codes (no decode/re-encode round trip).
+
+Commands: ``/draw <caption>``, ``/image <path>`` (attach a picture to the next turn),
+``/reset``, ``/quit``. A drawing or picture is attached to the next user turn.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "commands: /draw <caption>, /image <path>, /reset, /quit"
+
+
+class ChatSession:
+    """Conversation state: messages and the codes of the images they contain, in order."""
+
+    def __init__(self, model, out_dir: Path, seed: int = 0, guidance_scale: float = 3.0, max_new_tokens: int = 64):
+        self.model, self.out_dir, self.seed = model, out_dir, seed
+        self.guidance_scale, self.max_new_tokens = guidance_scale, max_new_tokens
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages: list[dict] = []
+        self.images: list = []  # codes [N] per <image> in the messages
+        self.pending = None  # codes attached to the next user turn
+        self.drawings = 0
+
+    def attach(self, image) -> None:
+        from unified_ar.sampling import image_to_codes
+
+        self.pending = image_to_codes(self.model, image)
+
+    def draw(self, caption: str) -> Path:
+        from unified_ar.sampling import ImageSamplingConfig, generate_images
+
+        cfg = ImageSamplingConfig(guidance_scale=self.guidance_scale)
+        sample = generate_images(self.model, [caption], seeds=[self.seed + self.drawings], cfg=cfg)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"drawing_{self.drawings:03d}.png"
+        sample.images[0].save(path)
+        self.drawings += 1
+        self.pending = sample.codes[0].flatten()
+        return path
+
+    def ask(self, text: str) -> str:
+        import torch
+
+        from unified_ar.sampling import TextSamplingConfig, generate_text
+        from unified_ar.sequences import chat_prompt
+
+        if self.pending is not None:
+            text = "<image>\n" + text
+            self.images.append(self.pending)
+            self.pending = None
+        self.messages.append({"role": "user", "content": text})
+        prompt = chat_prompt(self.model.layout, self.model.tokenizer, self.messages, self.model.num_image_tokens)
+        codes = torch.stack(self.images) if self.images else None
+        new = generate_text(self.model, [prompt], codes, TextSamplingConfig(max_new_tokens=self.max_new_tokens))[0]
+        reply = self.model.tokenizer.decode(new, skip_special_tokens=True).strip()
+        self.messages.append({"role": "assistant", "content": reply})
+        return reply
+
+    def handle(self, line: str) -> str | None:
+        """One line of user input -> the text to print (None to quit)."""
+        line = line.strip()
+        if line in ("/quit", "/exit"):
+            return None
+        if line == "/reset":
+            self.reset()
+            return "(conversation cleared)"
+        if line.startswith("/draw"):
+            caption = line[len("/draw"):].strip()
+            return f"(drew {self.draw(caption)}; ask about it next)" if caption else "usage: /draw <caption>"
+        if line.startswith("/image"):
+            from PIL import Image
+
+            path = Path(line[len("/image"):].strip())
+            if not path.is_file():
+                return f"no such image: {path}"
+            self.attach(Image.open(path))
+            return f"(attached {path} to the next turn)"
+        if line.startswith("/") or not line:
+            return HELP
+        return self.ask(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from PIL import Image
+
+    from unified_ar.modeling import UnifiedARModel
+
+    p = argparse.ArgumentParser(prog="unified-ar chat", description=__doc__)
+    p.add_argument("--model", required=True, help="a save_pretrained directory")
+    p.add_argument("--image", default=None, help="a picture for the first turn")
+    p.add_argument("--out", default="chat_images", help="where drawings are saved")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    args = p.parse_args(argv)
+    session = ChatSession(UnifiedARModel.from_pretrained(args.model), Path(args.out), args.seed,
+                          args.guidance_scale, args.max_new_tokens)
+    if args.image:
+        session.attach(Image.open(args.image))
+    print(HELP)
+    for line in sys.stdin:
+        reply = session.handle(line)
+        if reply is None:
+            break
+        print(reply, flush=True)
+    return 0
