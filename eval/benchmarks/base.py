@@ -13,7 +13,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Literal
 
 from PIL import Image
 
@@ -38,9 +38,13 @@ class BenchmarkOptions:
     split: str | None = None
     # folder of the images (None: the benchmark's usual place under data_dir)
     image_dir: str | None = None
-    answer_processing: str = "llava"
+    answer_processing: Literal["llava", "none", "lmms"] = "llava"
     # MMBench: evaluate every circular rotation of the options
     circular: bool = True
+
+    def __post_init__(self):
+        if self.answer_processing not in ("llava", "none", "lmms"):
+            raise ValueError(f"answer_processing must be llava, none or lmms, got {self.answer_processing!r}")
 
 
 @dataclass
