@@ -21,19 +21,20 @@ def model(tmp_path_factory):
     return m
 
 
-def test_greedy_with_cache_equals_recompute(model):
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_greedy_with_cache_equals_recompute(model, cache):
     kw = dict(guidance_scale=2.0, temperature=0.0, decode_images=False)
-    fast = generate_images(model, CAPTIONS, seeds=0, cfg=ImageSamplingConfig(**kw), keep_logits=True)
-    slow = generate_images(model, CAPTIONS, seeds=0, cfg=ImageSamplingConfig(use_cache=False, **kw),
+    fast = generate_images(model, CAPTIONS, seeds=0, cfg=ImageSamplingConfig(cache=cache, **kw), keep_logits=True)
+    slow = generate_images(model, CAPTIONS, seeds=0, cfg=ImageSamplingConfig(cache="none", **kw),
                            keep_logits=True)
     assert torch.equal(fast.codes, slow.codes)
     assert len(fast.logits) == model.num_image_tokens
     for a, b in zip(fast.logits, slow.logits):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     prompts = [chat_prompt(model.layout, model.tokenizer, [{"role": "user", "content": c}], 16) for c in CAPTIONS]
-    t_fast = generate_text(model, prompts, cfg=TextSamplingConfig(max_new_tokens=12))
-    t_slow = generate_text(model, prompts, cfg=TextSamplingConfig(max_new_tokens=12, use_cache=False))
-    assert t_fast == t_slow
+    t_fast = generate_text(model, prompts, cfg=TextSamplingConfig(max_new_tokens=12, cache=cache))
+    t_slow = generate_text(model, prompts, cfg=TextSamplingConfig(max_new_tokens=12, cache="none"))
+    assert t_fast == t_slow and any(t_fast)
 
 
 def test_cfg_scale_one_equals_conditional_sampling(model):

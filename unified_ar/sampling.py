@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from unified_ar.llm import max_context
@@ -31,7 +32,9 @@ class ImageSamplingConfig:
     top_p: float = 1.0  # 1: off
     max_batch: int = 0  # prompts per forward (0: all)
     memory_limit_mb: float = 0.0  # KV-cache budget per micro-batch (0: no limit)
-    use_cache: bool = True  # False recomputes the whole sequence every step (benchmark baseline)
+    # KV cache: "static" (preallocated; fastest on CPU, see docs/MODEL.md), "dynamic", or
+    # "none" (recompute the whole sequence every step: the exactness and speed baseline)
+    cache: Literal["static", "dynamic", "none"] = "static"
     decode_images: bool = True
 
 
@@ -41,7 +44,7 @@ class TextSamplingConfig:
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0
     top_p: float = 1.0
-    use_cache: bool = True
+    cache: Literal["static", "dynamic", "none"] = "static"
 
 
 @dataclass
@@ -117,33 +120,54 @@ class DecodeState:
     """What the next forward needs: the cache (or, without one, every embedding so far)."""
 
     cache: object | None
-    attention_mask: torch.Tensor  # [R, T] over every token so far
+    attention_mask: torch.Tensor  # [R, T] (dynamic / none) or [R, max_len] (static)
     position_ids: torch.Tensor  # [R, 1] position of the last token
+    length: int  # tokens seen so far
+    static: bool = False
     embeds: torch.Tensor | None = None  # [R, T, H] when recomputing without a cache
 
 
-def prefill(model, embeds: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool = True):
-    """Run the prompt embeds [R,L,H]; returns (last-position logits [R,V] float, DecodeState)."""
-    from transformers import DynamicCache
+def prefill(model, embeds: torch.Tensor, attention_mask: torch.Tensor, cache: str = "static",
+            max_new_tokens: int = 0):
+    """Run the prompt embeds [R,L,H] (mask [R,L]); returns (last logits [R,V] float, DecodeState).
+
+    A static cache is allocated for ``L + max_new_tokens`` tokens and its 2D mask spans them
+    all, the future columns 0 until their token arrives."""
+    from transformers import DynamicCache, StaticCache
 
     pos = positions(attention_mask)
-    cache = DynamicCache(config=model.llm.config) if use_cache else None
-    out = model.run_llm(embeds, attention_mask, pos, cache=cache, use_cache=use_cache, logits_to_keep=1)
-    state = DecodeState(out.cache if use_cache else None, attention_mask, pos[:, -1:],
-                        None if use_cache else embeds)
+    length = embeds.shape[1]
+    mask = attention_mask
+    if cache == "static":
+        kv = StaticCache(config=model.llm.config, max_cache_len=length + max_new_tokens)
+        mask = F.pad(attention_mask, (0, max_new_tokens))
+    elif cache == "dynamic":
+        kv = DynamicCache(config=model.llm.config)
+    elif cache == "none":
+        kv = None
+    else:
+        raise ValueError(f"unknown cache {cache!r} (static, dynamic, none)")
+    out = model.run_llm(embeds, mask, pos, cache=kv, use_cache=kv is not None, logits_to_keep=1)
+    state = DecodeState(kv, mask, pos[:, -1:], length, cache == "static", embeds if kv is None else None)
     return out.logits[:, -1].float(), state
 
 
 def decode_one_token(model, step_embeds: torch.Tensor, state: DecodeState):
     """Feed one token's embeds [R,1,H]; returns (logits [R,V] float, new DecodeState)."""
-    mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(state.attention_mask.shape[0], 1)], 1)
     pos = state.position_ids + 1
+    if state.static:
+        if state.length >= state.attention_mask.shape[1]:
+            raise ValueError("static cache full: prefill was given too small max_new_tokens")
+        mask = state.attention_mask.clone()
+        mask[:, state.length] = 1
+    else:
+        mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(state.attention_mask.shape[0], 1)], 1)
     if state.cache is not None:
         out = model.run_llm(step_embeds, mask, pos, cache=state.cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1].float(), DecodeState(out.cache, mask, pos)
+        return out.logits[:, -1].float(), DecodeState(out.cache, mask, pos, state.length + 1, state.static)
     embeds = torch.cat([state.embeds, step_embeds], dim=1)
     out = model.run_llm(embeds, mask, positions(mask), logits_to_keep=1)
-    return out.logits[:, -1].float(), DecodeState(None, mask, pos, embeds)
+    return out.logits[:, -1].float(), DecodeState(None, mask, pos, state.length + 1, False, embeds)
 
 
 def _check_context(model, prompt_len: int, new_tokens: int) -> None:
@@ -222,7 +246,7 @@ def _t2i_chunk(model, captions: list[str], seeds: list[int], cfg: ImageSamplingC
         rows += [generation_prompt(layout, tok, None) + [layout.image_start_id]] * len(captions)
     ids, mask = left_pad(rows, layout.pad_id, model.device)
     _check_context(model, ids.shape[1], n)
-    logits, state = prefill(model, model.embed(ids), mask, use_cache=cfg.use_cache)
+    logits, state = prefill(model, model.embed(ids), mask, cfg.cache, n)
     return decode_n_tokens(model, logits, state, n, make_generators(seeds), cfg, cfg_rows, keep_logits)
 
 
@@ -275,7 +299,7 @@ def generate_text(model, prompts: list[list[int]], image_codes: torch.Tensor | N
     layout = model.layout
     ids, mask = left_pad(prompts, layout.pad_id, model.device)
     _check_context(model, ids.shape[1], cfg.max_new_tokens)
-    logits, state = prefill(model, model.embed(ids, image_codes), mask, use_cache=cfg.use_cache)
+    logits, state = prefill(model, model.embed(ids, image_codes), mask, cfg.cache, cfg.max_new_tokens)
     bias = _text_bias(model, logits.shape[-1], logits.device)
     gens = make_generators(seeds, model.device)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=model.device)
