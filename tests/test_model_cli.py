@@ -66,3 +66,14 @@ def test_model_info_prints_counts_and_memory(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "llm" in out and "85,641,984" in out and "bf16 training step" in out
     assert cli_main(["model-info", "--config", str(cfg), "--llm.preset", "nope"]) == 2
+
+
+def test_gpu_check_exits_clearly_without_cuda(capsys):
+    import torch
+
+    from unified_ar.eval.gpu_check import main as gpu_main
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the no-CUDA exit path cannot be exercised here")
+    assert gpu_main([]) == 2
+    assert "no CUDA device here" in capsys.readouterr().err

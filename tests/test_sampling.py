@@ -100,3 +100,33 @@ def test_filters_and_schedules():
     assert guidance_at(3.0, "constant", 0, 10) == 3.0
     assert guidance_at(3.0, "linear", 0, 10) == 1.0 and guidance_at(3.0, "linear", 9, 10) == 3.0
     assert guidance_at(3.0, "cosine", 9, 10) == pytest.approx(3.0)
+
+
+def test_semantic_gen_input_features_match_training_forward(tmp_path):
+    """At sampling time the input at code j's position is embed + gen_projector(TokLIP causal
+    feature j), built one code a step from TokLIP's cache; the training forward builds the same
+    from all codes at once. Equal logits along the whole image prove it."""
+    import importlib.util
+
+    if importlib.util.find_spec("unified_ar.tokenizer.toklip") is None:
+        pytest.skip("unified_ar.tokenizer.toklip has not landed yet")
+    model = tiny_model(tmp_path, semantic_gen_input=True, comprehension_features="toklip",
+                       **{"toklip.preset": "TokLIP-shapes"})
+    randomize_(model.gen_projector, seed=2)  # zero-initialised last layer would make this vacuous
+    randomize_(model.llm, seed=5, scale=3.0)
+    cfg = ImageSamplingConfig(guidance_scale=None, temperature=1.0, decode_images=False)
+    sample = generate_images(model, CAPTIONS[:2], seeds=3, cfg=cfg, keep_logits=True)
+    from unified_ar.sampling import left_pad
+    from unified_ar.sequences import generation_example
+
+    rows = [generation_example(model.layout, model.tokenizer, c, codes.flatten(), False).input_ids
+            for c, codes in zip(CAPTIONS[:2], sample.codes)]
+    ids, mask = left_pad(rows, model.layout.pad_id)
+    from unified_ar.sampling import positions
+
+    logits = model({"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}).logits
+    start, stop = model.layout.image_id_range()
+    n = model.num_image_tokens
+    first = ids.shape[1] - n - 2  # left-padded: image ids then <|image_end|> <eos> at the end
+    train_logits = logits[:, first - 1: first - 1 + n, start:stop]  # predicting code j from position j-1
+    torch.testing.assert_close(torch.stack(sample.logits, 1), train_logits.float(), atol=1e-4, rtol=0)

@@ -1,0 +1,192 @@
+"""Text-to-image sampling speed on CPU: image tokens/s for ours (static and dynamic KV cache),
+the same LLM through ``transformers`` ``generate()`` with classifier-free guidance, and ours
+recomputing the whole sequence every step (no KV cache). Ratios come from one run.
+
+    python -m unified_ar.eval.bench_sampling --presets tiny 100m --tokens 64 256 --batch 8
+
+``generate()`` is given ``guidance_scale`` and ``negative_prompt_ids`` (transformers'
+``UnbatchedClassifierFreeGuidanceLogitsProcessor``: the unconditional rows run as a second
+forward with their own cache) and a logits processor that allows only image ids, so it
+samples what ours samples. The no-cache baseline at 256 tokens and ~100M parameters would
+take most of an hour on 2 cores; ``--nocache-stride k`` times every k-th decoding step and
+integrates (a step's cost depends only on the sequence length), which the output marks.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from unified_ar.sampling import (
+    ImageSamplingConfig, decode_one_token, generate_images, left_pad, prefill,
+)
+from unified_ar.sequences import generation_prompt
+
+CAPTIONS = ["a red circle at the top left", "a blue square in the center", "two green triangles at the bottom",
+            "a large yellow square on the right", "a small magenta triangle", "three white circles",
+            "a cyan square and a red triangle", "one blue circle at the bottom right"]
+TEXTS = CAPTIONS + ["what color is the circle?", "how many shapes are there?", "yes", "no", "is there a square?"]
+
+
+@dataclass
+class Row:
+    preset: str
+    tokens: int
+    method: str
+    seconds: float
+    note: str = ""
+
+    def rate(self, batch: int) -> float:
+        return batch * self.tokens / self.seconds
+
+
+def build(preset: str, grid: int, workdir: Path):
+    """A random-init unified model with an LLM preset and a ``grid x grid`` image (VQ-shapes, 16x)."""
+    from transformers import AutoTokenizer
+
+    from unified_ar.config import from_dict
+    from unified_ar.modeling import UnifiedARModel, UnifiedConfig
+    from unified_ar.train.shapes.text_tokenizer import train_text_tokenizer
+
+    tok_dir = workdir / "tokenizer"
+    if not tok_dir.is_dir():
+        train_text_tokenizer(TEXTS * 4, tok_dir, vocab_size=120)
+    cfg = from_dict(UnifiedConfig, {
+        "llm": {"preset": preset, "attn_implementation": "sdpa"},
+        "vq": {"preset": "VQ-shapes"}, "image_size": 16 * grid,
+        # the benchmark times the LLM; the TokLIP path is off so that generate() sees the same model
+        "comprehension_features": "vq", "semantic_gen_input": False,
+    }, "bench_sampling")
+    torch.manual_seed(0)
+    return UnifiedARModel(cfg, AutoTokenizer.from_pretrained(tok_dir)).eval()
+
+
+def time_ours(model, batch: int, cache: str) -> float:
+    cfg = ImageSamplingConfig(guidance_scale=3.0, temperature=1.0, top_k=0, cache=cache, decode_images=False)
+    start = time.perf_counter()
+    generate_images(model, CAPTIONS[:batch], seeds=0, cfg=cfg)
+    return time.perf_counter() - start
+
+
+def _cfg_rows(model, batch: int):
+    layout, tok = model.layout, model.tokenizer
+    cond = [generation_prompt(layout, tok, c) + [layout.image_start_id] for c in CAPTIONS[:batch]]
+    uncond = [generation_prompt(layout, tok, None) + [layout.image_start_id]] * batch
+    return cond, uncond
+
+
+@torch.inference_mode()
+def time_generate(model, batch: int) -> float:
+    """transformers ``generate()`` with CFG and an image-ids-only logits processor."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    start_id, stop_id = model.layout.image_id_range()
+
+    class ImageIdsOnly(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            out = torch.full_like(scores, float("-inf"))
+            out[:, start_id:stop_id] = scores[:, start_id:stop_id]
+            return out
+
+    cond, uncond = _cfg_rows(model, batch)
+    ids, mask = left_pad(cond, model.layout.pad_id)
+    neg, neg_mask = left_pad(uncond, model.layout.pad_id)
+    n = model.num_image_tokens
+    start = time.perf_counter()
+    out = model.llm.generate(
+        input_ids=ids, attention_mask=mask, negative_prompt_ids=neg, negative_prompt_attention_mask=neg_mask,
+        guidance_scale=3.0, do_sample=True, top_k=0, max_new_tokens=n, min_new_tokens=n,
+        logits_processor=LogitsProcessorList([ImageIdsOnly()]), pad_token_id=model.layout.pad_id,
+        eos_token_id=None,
+    )
+    seconds = time.perf_counter() - start
+    assert out.shape[1] == ids.shape[1] + n and bool(model.layout.is_image_id(out[:, ids.shape[1]:]).all())
+    return seconds
+
+
+@torch.inference_mode()
+def time_nocache(model, batch: int, stride: int) -> float:
+    """Ours without a KV cache; with ``stride > 1`` every stride-th step is timed and integrated."""
+    if stride == 1:
+        return time_ours(model, batch, "none")
+    cond, uncond = _cfg_rows(model, batch)
+    ids, mask = left_pad(cond + uncond, model.layout.pad_id)
+    n = model.num_image_tokens
+    start = time.perf_counter()
+    logits, state = prefill(model, model.embed(ids), mask, "none")
+    total = time.perf_counter() - start
+    step_ids = torch.full((2 * batch, 1), model.layout.code_offset)
+    timed = {}
+    for t in range(0, n - 1, stride):
+        # a state holding t generated tokens, then one timed step
+        pad = model.gen_embeds(step_ids, None).expand(-1, t, -1) if t else None
+        s = state if t == 0 else type(state)(None, torch.nn.functional.pad(mask, (0, t), value=1),
+                                               state.position_ids + t, state.length + t, False,
+                                               torch.cat([state.embeds, pad], 1))
+        begin = time.perf_counter()
+        decode_one_token(model, model.gen_embeds(step_ids, None), s)
+        timed[t] = time.perf_counter() - begin
+    # each untimed step costs as much as the timed step at or before it (cost grows with t: a lower bound)
+    total += sum(timed[(t // stride) * stride] for t in range(n - 1))
+    return total
+
+
+def run(presets: list[str], token_counts: list[int], batch: int, stride_100m: int, threads: int) -> list[Row]:
+    torch.set_num_threads(threads)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in presets:
+            for tokens in token_counts:
+                grid = int(round(tokens ** 0.5))
+                model = build(preset, grid, Path(tmp))
+                time_ours(model, 1, "static")  # warm-up (allocator, first-call overheads)
+                stride = stride_100m if (preset != "tiny" and tokens > 64) else 1
+                for method, fn in (("ours (static cache)", lambda: time_ours(model, batch, "static")),
+                                   ("ours (dynamic cache)", lambda: time_ours(model, batch, "dynamic")),
+                                   ("generate() + CFG", lambda: time_generate(model, batch)),
+                                   ("ours, no KV cache", lambda: time_nocache(model, batch, stride))):
+                    note = f"every {stride}th step timed" if method.endswith("no KV cache") and stride > 1 else ""
+                    rows.append(Row(preset, tokens, method, fn(), note))
+                    print(f"{preset:>5} {tokens:>4} {method:<22} {rows[-1].rate(batch):9.1f} image tok/s {note}",
+                          flush=True)
+    return rows
+
+
+def report(rows: list[Row], batch: int) -> str:
+    lines = ["| LLM preset | image tokens | ours static (tok/s) | ours dynamic | generate() + CFG | no KV cache "
+             "| ours / generate() | ours / no-cache |", "|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r.preset, r.tokens) for r in rows}, key=lambda k: (k[0] != "tiny", k[1]))
+    for preset, tokens in keys:
+        got = {r.method: r for r in rows if (r.preset, r.tokens) == (preset, tokens)}
+        ours, dyn = got["ours (static cache)"], got["ours (dynamic cache)"]
+        gen, nc = got["generate() + CFG"], got["ours, no KV cache"]
+        mark = "*" if nc.note else ""
+        lines.append(f"| {preset} | {tokens} | {ours.rate(batch):.1f} | {dyn.rate(batch):.1f} | {gen.rate(batch):.1f} "
+                     f"| {nc.rate(batch):.1f}{mark} | {gen.seconds / ours.seconds:.2f}x "
+                     f"| {nc.seconds / ours.seconds:.2f}x{mark} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["tiny", "100m"])
+    p.add_argument("--tokens", nargs="+", type=int, default=[64, 256])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--nocache-stride", type=int, default=16, help="for non-tiny presets above 64 tokens")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    for t in args.tokens:
+        if int(round(t ** 0.5)) ** 2 != t:
+            raise SystemExit(f"--tokens {t}: must be a square (an h x w grid)")
+    rows = run(args.presets, args.tokens, args.batch, args.nocache_stride, args.threads)
+    print(f"\nbatch {args.batch}, CFG 3.0, torch threads {args.threads}, {torch.__version__}")
+    print(report(rows, args.batch))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
