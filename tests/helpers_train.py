@@ -73,7 +73,7 @@ class PatternData:
         return {"ids": ids, "poison": index in self.poison}
 
 
-def collate_pattern(records: list[dict]) -> dict:
+def collate_pattern(records: list[dict], key: int = 0) -> dict:
     ids = torch.tensor([r["ids"] for r in records])
     return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids),
             "poison": torch.tensor([r["poison"] for r in records])}

@@ -28,8 +28,9 @@ class Batches(Protocol):
 
     ``iter_from(position, rank, world_size)`` yields ``(next_position, batch)``
     forever (epoch after epoch); ``next_position`` is what to pass to resume
-    right after ``batch``. An optional ``counters: dict[str, int]`` attribute
-    (bad records, truncations) is logged and saved in checkpoints."""
+    right after ``batch``. Optional: a ``counters -> dict[str, int]`` property (bad
+    records, truncations), logged and checkpointed, and ``load_counters(saved)`` to
+    restore them on resume."""
 
     def iter_from(self, position: int, rank: int, world_size: int) -> Iterator[tuple[int, dict]]: ...
 
@@ -97,8 +98,8 @@ def train(model: nn.Module, data: Batches, config: TrainConfig, run_dir: str | P
         restored = checkpoint.load(engine, run_dir)
         if restored is not None:
             state.update({k: restored[k] for k in state if k in restored})
-            if hasattr(data, "counters"):
-                data.counters.update(state["counters"])
+            if hasattr(data, "load_counters"):
+                data.load_counters(state["counters"])
             metrics_log.truncate_after(engine.global_step)
     if engine.is_main:
         save_config(full_config, run_dir)

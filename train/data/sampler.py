@@ -7,7 +7,7 @@ resumed run sees exactly the batches the interrupted run would have seen.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -23,10 +23,11 @@ class MapBatches:
     """Micro-batches of ``micro_batch_size`` records from an indexable ``dataset``.
 
     ``dataset[i]`` returns a record or raises :class:`BadRecord` (skipped, counted in
-    ``bad``); ``collate(records)`` makes the batch dict. The last incomplete
+    ``bad``); ``collate(records, key)`` makes the batch dict, ``key`` (the global
+    micro-batch index) seeding any randomness in it (e.g. caption dropout). The last incomplete
     micro-batch of each epoch is dropped so every rank gets the same count."""
 
-    def __init__(self, dataset: Sequence, collate: Callable[[list], dict], micro_batch_size: int,
+    def __init__(self, dataset: Sequence, collate: Callable[[list, int], dict], micro_batch_size: int,
                  seed: int, bad: BadData | None = None):
         self.dataset = dataset
         self.collate = collate
@@ -36,7 +37,10 @@ class MapBatches:
 
     @property
     def counters(self) -> dict[str, int]:
-        return self.bad.counters
+        return _counters(self.bad, self.collate)
+
+    def load_counters(self, saved: dict[str, int]) -> None:
+        _load_counters(saved, self.bad, self.collate)
 
     def iter_from(self, position: int, rank: int, world_size: int) -> Iterator[tuple[int, dict]]:
         per_epoch = len(self.dataset) // (self.micro_batch_size * world_size)
@@ -48,13 +52,30 @@ class MapBatches:
             epoch, offset = divmod(position, per_epoch)
             if epoch != order_epoch:
                 order, order_epoch = epoch_permutation(len(self.dataset), self.seed, epoch), epoch
-            start = (offset * world_size + rank) * self.micro_batch_size
-            indices = order[start:start + self.micro_batch_size]
+            key = position * world_size + rank
+            indices = order[(offset * world_size + rank) * self.micro_batch_size:][:self.micro_batch_size]
+            records = load_records(self.dataset, indices, self.bad, key)
             position += 1
-            yield position, self.collate(load_records(self.dataset, indices, self.bad, position - 1))
+            yield position, self.collate(records, key)
 
 
-def load_records(dataset: Sequence, indices: Sequence[int], bad: BadData, position: int) -> list:
+def _counters(bad: BadData, collate: object) -> dict[str, int]:
+    """The data counters: bad records plus the collator's (truncations), as one new dict."""
+    return {**bad.counters, **(getattr(collate, "counters", None) or {})}
+
+
+def _load_counters(saved: dict[str, int], bad: BadData, collate: object) -> None:
+    """Restore counters from a checkpoint into their owners (resume)."""
+    extra = getattr(collate, "counters", None) or {}
+    for key, value in saved.items():
+        owner = bad.counters if key in bad.counters else extra if key in extra else None
+        if owner is None:
+            raise KeyError(f"checkpoint data counter {key!r} is unknown to this data pipeline")
+        owner[key] = value
+
+
+def load_records(dataset: Sequence, indices: Sequence[int], bad: BadData, position: int,
+                 allow_empty: bool = False) -> list:
     """``dataset[i]`` for each index, skipping (and counting) bad records.
 
     A micro-batch whose records are all bad is an error: skipping it on one rank
@@ -67,6 +88,71 @@ def load_records(dataset: Sequence, indices: Sequence[int], bad: BadData, positi
         except BadRecord as error:
             errors.append(str(error))
             bad.bad(error)
-    if not records:
+    if not records and not allow_empty:
         raise BadDataError(f"micro-batch {position}: every record is bad: " + "; ".join(errors))
     return records
+
+
+class PackedBatches:
+    """Packed micro-batches: ``rows`` rows of up to ``collator.config.max_length`` tokens each.
+
+    Record lengths come from ``dataset.meta(i)`` (no image loading) through
+    ``collator.length``; each epoch's packing plan (:func:`plan_packing`) is a pure
+    function of (lengths, seed, epoch), and global micro-batch ``g = position * W + rank``
+    is taken from the plans in order, so resume is exact. Each epoch's plan is cut to a
+    multiple of ``W`` micro-batches so that ranks stay in step."""
+
+    def __init__(self, dataset: Sequence, collator: Any, rows: int, seed: int, bad: BadData | None = None):
+        self.dataset = dataset
+        self.collator = collator
+        self.rows = rows
+        self.seed = seed
+        self.bad = bad or BadData()
+        self._lengths: np.ndarray | None = None
+        self._plans: dict[int, list] = {}
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return _counters(self.bad, self.collator)
+
+    def load_counters(self, saved: dict[str, int]) -> None:
+        _load_counters(saved, self.bad, self.collator)
+
+    def lengths(self) -> np.ndarray:
+        """Tokens of every record (0 for a record whose metadata is bad: it is skipped when loaded)."""
+        if self._lengths is None:
+            lengths = np.zeros(len(self.dataset), dtype=np.int64)
+            for i in range(len(self.dataset)):
+                try:
+                    lengths[i] = self.collator.length(self.dataset.meta(i))
+                except BadRecord:
+                    lengths[i] = 0
+            self._lengths = lengths
+        return self._lengths
+
+    def plan(self, epoch: int, world_size: int) -> list[list[list[int]]]:
+        if epoch not in self._plans:
+            from unified_ar.train.collate import plan_packing
+
+            order = epoch_permutation(len(self.dataset), self.seed, epoch)
+            cfg = self.collator.config
+            batches = plan_packing(self.lengths(), order, self.rows, cfg.max_length, cfg.pack_lookahead)
+            self._plans = {epoch: batches[: len(batches) // world_size * world_size]}
+            if not self._plans[epoch]:
+                raise ValueError(f"dataset of {len(self.dataset)} records packs into fewer micro-batches "
+                                 f"than the {world_size} ranks")
+        return self._plans[epoch]
+
+    def iter_from(self, position: int, rank: int, world_size: int) -> Iterator[tuple[int, dict]]:
+        epoch, first = 0, 0  # `first`: global micro-batch index where `epoch` starts
+        while True:
+            key = position * world_size + rank
+            while key >= first + len(self.plan(epoch, world_size)):
+                first += len(self.plan(epoch, world_size))
+                epoch += 1
+            rows = self.plan(epoch, world_size)[key - first]
+            loaded = [load_records(self.dataset, row, self.bad, key, allow_empty=True) for row in rows]
+            if not any(loaded):
+                raise BadDataError(f"micro-batch {key}: every record is bad")
+            position += 1
+            yield position, self.collator.pack([row for row in loaded if row], key)
