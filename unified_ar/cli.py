@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("unified_ar.commands.sample", "text-to-image for a prompts file: PNGs, a grid, a JSON record"),
     "chat": ("unified_ar.commands.chat", "interactive multi-turn chat; /draw draws, then ask about the drawing"),
     "model-info": ("unified_ar.commands.model_info", "parameter counts and bf16 training memory, built on meta"),
+    "report": ("unified_ar.eval.report", "write the demo report from OUT/metrics.json"),
 }
 
 
