@@ -156,3 +156,55 @@ class PackedBatches:
                 raise BadDataError(f"micro-batch {key}: every record is bad")
             position += 1
             yield position, self.collator.pack([row for row in loaded if row], key)
+
+
+class StreamBatches:
+    """Micro-batches from a streaming source (``source.stream(seed, epoch, rank, world_size, buffer)``,
+    e.g. a ``CaptionSource(..., streaming=True)``), for data that does not fit on disk.
+
+    Each micro-batch consumes ``micro_batch_size`` records of this rank's stream (bad
+    ones are counted and left out). A stream cannot seek, so resuming at ``position``
+    re-reads and discards the first ``position * micro_batch_size`` records: exact, but
+    the skip costs reading them."""
+
+    def __init__(self, source: Any, collate: Callable[[list, int], dict], micro_batch_size: int, seed: int,
+                 buffer_size: int = 1000, bad: BadData | None = None):
+        self.source = source
+        self.collate = collate
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+        self.buffer_size = buffer_size
+        self.bad = bad or BadData()
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return _counters(self.bad, self.collate)
+
+    def load_counters(self, saved: dict[str, int]) -> None:
+        _load_counters(saved, self.bad, self.collate)
+
+    def iter_from(self, position: int, rank: int, world_size: int) -> Iterator[tuple[int, dict]]:
+        skip, epoch, group, errors = position * self.micro_batch_size, 0, [], []
+        while True:
+            empty = True
+            for item in self.source.stream(self.seed, epoch, rank, world_size, self.buffer_size):
+                empty = False
+                if skip:
+                    skip -= 1
+                    continue
+                self.bad.seen()
+                if isinstance(item, BadRecord):
+                    errors.append(str(item))
+                    self.bad.bad(item)
+                else:
+                    group.append(item)
+                if len(group) + len(errors) == self.micro_batch_size:
+                    if not group:
+                        raise BadDataError(f"micro-batch {position}: every record is bad: " + "; ".join(errors))
+                    key = position * world_size + rank
+                    position += 1
+                    yield position, self.collate(group, key)
+                    group, errors = [], []
+            if empty:
+                raise ValueError(f"rank {rank}: the stream of {self.source!r} is empty")
+            epoch += 1
