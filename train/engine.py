@@ -322,3 +322,23 @@ def build_engine(model: nn.Module, config: TrainConfig) -> Engine:
         dist_init_required=False,
     )
     return Engine(ds_engine, config, trainable, rank, world_size)
+
+
+def consolidated_state_dict(checkpoint_root: str | Path, tag: str) -> dict[str, torch.Tensor]:
+    """The full fp32 state dict of checkpoint ``checkpoint_root/tag``, ZeRO partitions merged.
+
+    Needs no process group (offline export): ZeRO-1/2/3 checkpoints go through
+    DeepSpeed's ``zero_to_fp32`` (the fp32 master weights, frozen parameters included),
+    ZeRO-0 ones hold the full module state already."""
+    folder = Path(checkpoint_root) / tag
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such checkpoint")
+    if any(folder.glob("zero_pp_rank_*_optim_states.pt")):
+        _deepspeed()  # sets DS_ACCELERATOR before DeepSpeed's first import
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root), tag=tag))
+    states = folder / "mp_rank_00_model_states.pt"
+    if not states.is_file():
+        raise FileNotFoundError(f"{states}: missing; {folder} is not a complete DeepSpeed checkpoint")
+    return dict(torch.load(states, map_location="cpu", weights_only=True)["module"])

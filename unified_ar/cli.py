@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("unified_ar.commands.chat", "interactive multi-turn chat; /draw draws, then ask about the drawing"),
     "model-info": ("unified_ar.commands.model_info", "parameter counts and bf16 training memory, built on meta"),
     "report": ("unified_ar.eval.report", "write the demo report from OUT/metrics.json"),
+    "train": ("unified_ar.train.stage_unified", "train the unified model: a stage config (align / unified / sft)"),
+    "pretokenize": ("unified_ar.train.pretokenize", "encode the images of data files to VQ codes, once"),
+    "export": ("unified_ar.train.export", "write a training checkpoint as a from_pretrained directory"),
 }
 
 

@@ -1,0 +1,166 @@
+"""``unified-ar train --config FILE [--resume] [--section.key VALUE ...]``: train the unified model.
+
+One entry point for every stage of the unified model; the stage is a config
+(``configs/train/``):
+
+- ``align``: the projector only, LLM frozen, on comprehension data (LLaVA stage 1);
+- ``unified``: LLM + projector on a weighted mixture of generation and comprehension data;
+- ``sft``: chat / instruction data, LLM + projector.
+
+The run directory gets the resolved config, ``metrics.jsonl``, checkpoints and an
+``export/`` directory that ``UnifiedARModel.from_pretrained`` loads (the next stage's
+``init_from``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from unified_ar.config import ConfigError, load_config
+from unified_ar.modeling import UnifiedConfig
+from unified_ar.train.collate import CollateConfig
+from unified_ar.train.config import TrainConfig
+
+
+@dataclass
+class SourceConfig:
+    kind: Literal["captions", "conversations", "text", "webdataset"]
+    path: str  # a file, or a glob of webdataset shards
+    weight: float = 1.0
+    streaming: bool = False  # read lazily (one source only; no packing, no mixture)
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    image_root: str | None = None  # where relative image paths point; default: each data file's folder
+    codes: str | None = None  # `unified-ar pretokenize` output; None: encode images with the model's VQ
+    max_bad_fraction: float = 0.01
+    epoch_size: int | None = None  # records per epoch of a mixture (default: the sources' total)
+    stream_buffer: int = 1000  # shuffle buffer of a streaming source
+
+
+@dataclass
+class StageConfig:
+    stage: Literal["align", "unified", "sft"] = "unified"
+    run_dir: str = "runs/unified"
+    init_from: str | None = None  # a from_pretrained directory (e.g. the previous stage's export/)
+    model: UnifiedConfig = field(default_factory=UnifiedConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    collate: CollateConfig = field(default_factory=CollateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def check_stage(config: StageConfig, source: str) -> None:
+    """Errors a stage config can have that its field types cannot express."""
+    if not config.data.sources:
+        raise ConfigError(f"{source}: data.sources is empty")
+    if config.stage == "align":
+        trainable = config.train.trainable
+        if not trainable or any(not p.startswith(("projector", "gen_projector")) for p in trainable):
+            raise ConfigError(f"{source}: stage align trains the projector only; set train.trainable to "
+                              f"projector prefixes (got {trainable})")
+    streaming = [s for s in config.data.sources if s.streaming]
+    if streaming and (len(config.data.sources) > 1 or config.collate.pack):
+        raise ConfigError(f"{source}: a streaming source must be the only source, with collate.pack false")
+    if config.train.zero_stage == 3 and (config.data.codes is None or any(
+            s.kind == "webdataset" for s in config.data.sources)):
+        raise ConfigError(f"{source}: ZeRO-3 partitions the VQ, so images cannot be encoded in the data "
+                          "pipeline; run `unified-ar pretokenize` and set data.codes")
+
+
+def build_model(config: StageConfig):
+    """The unified model: ``init_from`` (a saved directory) or a fresh one from ``config.model``."""
+    from unified_ar.modeling import UnifiedARModel
+
+    if config.init_from is not None:
+        return UnifiedARModel.from_pretrained(config.init_from)
+    return UnifiedARModel.from_config(config.model)
+
+
+def _pixel_encoder(model):
+    """pixels [3,H,W] in [-1,1] -> codes int64 [N], with the model's own VQ (no pretokenized codes)."""
+    vq = model.vq
+
+    def encode(pixels):
+        return vq.encode(pixels[None].to(model.device))[0].flatten().cpu().numpy()
+
+    return encode
+
+
+def _image_codes(config: StageConfig, model, file: Path):
+    from unified_ar.tokenizer.transforms import load_image
+    from unified_ar.train.data.sources import ImageCodes, load_code_table
+
+    root = Path(config.data.image_root) if config.data.image_root else file.parent
+    if config.data.codes is not None:
+        return ImageCodes(root, table=load_code_table(config.data.codes))
+    encode, size = _pixel_encoder(model), model.config.image_size
+    return ImageCodes(root, encoder=lambda path: encode(load_image(path, size)))
+
+
+def build_source(spec: SourceConfig, config: StageConfig, model):
+    """One configured source (see :mod:`unified_ar.train.data.sources`)."""
+    from unified_ar.tokenizer.transforms import resize_center_crop, to_tensor
+    from unified_ar.train.data import sources
+
+    path = Path(spec.path)
+    if spec.kind == "captions":
+        return sources.CaptionSource(path, _image_codes(config, model, path), spec.streaming)
+    if spec.kind == "conversations":
+        return sources.ConversationSource(path, _image_codes(config, model, path), spec.streaming)
+    if spec.kind == "text":
+        return sources.TextSource(path, spec.streaming)
+    encode, size = _pixel_encoder(model), model.config.image_size
+    return sources.WebDatasetSource(spec.path, encode=lambda image: encode(to_tensor(resize_center_crop(image, size))))
+
+
+def build_data(config: StageConfig, model):
+    """The configured sources -> a :class:`~unified_ar.train.loop.Batches` of collated micro-batches."""
+    from unified_ar.train.collate import Collator
+    from unified_ar.train.data.bad import BadData
+    from unified_ar.train.data.mixture import Mixture
+    from unified_ar.train.data.sampler import MapBatches, PackedBatches, StreamBatches
+
+    collator = Collator(model.layout, model.tokenizer, model.num_image_tokens, config.collate, config.train.seed)
+    bad = BadData(max_fraction=config.data.max_bad_fraction)
+    built = [build_source(s, config, model) for s in config.data.sources]
+    rows = config.train.micro_batch_size
+    if config.data.sources[0].streaming:
+        return StreamBatches(built[0], collator, rows, config.train.seed, config.data.stream_buffer, bad)
+    dataset = built[0] if len(built) == 1 else Mixture(
+        built, [s.weight for s in config.data.sources], config.train.seed, config.data.epoch_size)
+    if config.collate.pack:
+        return PackedBatches(dataset, collator, rows, config.train.seed, bad)
+    return MapBatches(dataset, collator, rows, config.train.seed, bad)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="unified-ar train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--config", required=True, help="stage YAML (configs/train/*.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue from run_dir's latest checkpoint")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    args, overrides = parser.parse_known_args(argv)
+    config = load_config(StageConfig, args.config, overrides)
+    check_stage(config, args.config)
+    from unified_ar.train.loop import TrainingStopped, train
+
+    model = build_model(config)
+    data = build_data(config, model)
+    try:
+        result = train(model, data, config.train, config.run_dir, resume=args.resume, full_config=config)
+    except TrainingStopped as error:
+        print(f"unified-ar train: {error}", file=sys.stderr)
+        return 1
+    if result.losses:
+        print(f"trained {result.steps} steps: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}, "
+              f"{result.tokens_per_s:,.0f} tokens/s; run dir {result.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
