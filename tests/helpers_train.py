@@ -77,3 +77,39 @@ def collate_pattern(records: list[dict], key: int = 0) -> dict:
     ids = torch.tensor([r["ids"] for r in records])
     return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids),
             "poison": torch.tensor([r["poison"] for r in records])}
+
+
+def save_tiny_vq(directory: Path) -> Path:
+    """The tests' tiny VQ (16 px -> 4x4 codes of 32), saved for from_pretrained / pretokenize."""
+    from unified_ar.tokenizer.vq import VQ_PRESETS, VQModel, preset_config
+    from unified_helpers import TINY_VQ
+
+    torch.manual_seed(0)
+    return VQModel(preset_config(VQ_PRESETS, "VQ-shapes", **TINY_VQ)).save_pretrained(directory)
+
+
+def pretokenize_world(world: Path, vq_dir: Path, out: Path) -> Path:
+    from unified_ar.train.pretokenize import main
+
+    files = [str(world / "captions_train.jsonl"), str(world / "conversations_train.json")]
+    if main([*files, "--vq", str(vq_dir), "--out", str(out), "--image-size", "16", "--shard-size", "40"]) != 0:
+        raise RuntimeError("pretokenize failed")
+    return out
+
+
+def stage_config(world: Path, vq_dir: Path, codes: Path, run_dir: Path, **train) -> dict:
+    """A stage config (as a dict) training the tiny unified model on the Shapes world."""
+    return {
+        "stage": "unified",
+        "run_dir": str(run_dir),
+        "model": {"llm": {"preset": "test", "attn_implementation": "sdpa"},
+                  "vq": {"preset": None, "path": str(vq_dir)},
+                  "tokenizer": str(world / "tokenizer"), "image_size": 16, "comprehension_features": "vq"},
+        "data": {"sources": [{"kind": "captions", "path": str(world / "captions_train.jsonl"), "weight": 0.5},
+                             {"kind": "conversations", "path": str(world / "conversations_train.json"),
+                              "weight": 0.5}],
+                 "codes": str(codes)},
+        "collate": {"max_length": 128, "caption_dropout": 0.1, "pack": True},
+        "train": {"max_steps": 8, "micro_batch_size": 2, "lr": 1.0e-2, "warmup_steps": 1, "log_every": 1,
+                  "progress_bar": False, **train},
+    }

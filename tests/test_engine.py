@@ -21,17 +21,26 @@ def _config(**overrides) -> TrainConfig:
 
 def test_deepspeed_config_follows_train_config():
     ds = deepspeed_config(_config(zero_stage=3, offload_optimizer=True, offload_params=True,
-                                  grad_accum_steps=4, grad_clip=0.5), world_size=2)
-    assert ds["train_batch_size"] == 8 * 4 * 2
+                                  grad_accum_steps=4, grad_clip=0.5))
+    assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 4
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert ds["gradient_clipping"] == 0.5
     assert ds["bf16"]["enabled"] is torch.cuda.is_available()
     # ZeRO-0 fp32: the engine clips itself, DeepSpeed must not clip a second time.
-    assert deepspeed_config(_config(precision="fp32"), world_size=1)["gradient_clipping"] == 0.0
-    overridden = deepspeed_config(_config(deepspeed_overrides={"zero_optimization": {"stage": 1}}), 1)
+    assert deepspeed_config(_config(precision="fp32"))["gradient_clipping"] == 0.0
+    overridden = deepspeed_config(_config(deepspeed_overrides={"zero_optimization": {"stage": 1}}))
     assert overridden["zero_optimization"]["stage"] == 1
+
+
+def test_deepspeed_preset_files_are_the_generated_json():
+    from unified_ar.config import packaged_config
+    from unified_ar.train.engine import DEEPSPEED_PRESETS, preset_deepspeed_config
+
+    for name in DEEPSPEED_PRESETS:
+        path = packaged_config(f"deepspeed/{name}.json")
+        assert json.loads(path.read_text()) == preset_deepspeed_config(name), f"{path} is stale"
 
 
 def test_config_rejects_inconsistent_values():

@@ -65,23 +65,28 @@ def init_distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
-def use_bf16(config: TrainConfig) -> bool:
+def use_bf16(config: TrainConfig, cuda: bool | None = None) -> bool:
     """bf16 on GPU and fp32 on CPU unless the config says otherwise."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     if config.precision == "auto":
-        return torch.cuda.is_available()
+        return cuda
     return config.precision == "bf16"
 
 
-def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
-    """The DeepSpeed JSON for ``config`` (what ``configs/deepspeed/*.json`` show)."""
-    fp32_zero0 = config.zero_stage == 0 and not use_bf16(config)
+def deepspeed_config(config: TrainConfig, cuda: bool | None = None) -> dict:
+    """The DeepSpeed JSON for ``config`` (what ``configs/deepspeed/*.json`` show).
+
+    ``cuda`` (default: whether a GPU is present) picks the GPU or the CPU variant."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    fp32_zero0 = config.zero_stage == 0 and not use_bf16(config, cuda)
     zero: dict[str, Any] = {"stage": config.zero_stage}
     if config.zero_stage >= 2:
-        zero.update(overlap_comm=False, contiguous_gradients=True)
+        # Overlapping reduction with backward needs a second stream: a GPU thing.
+        zero.update(overlap_comm=cuda, contiguous_gradients=True)
     if config.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cuda}
     if config.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        zero["offload_param"] = {"device": "cpu", "pin_memory": cuda}
     if config.zero_stage == 3:
         # Consolidated weights at save time make export independent of the shard layout.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
@@ -89,22 +94,39 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
         "lr": config.lr, "betas": list(config.betas), "eps": config.eps,
         "weight_decay": config.weight_decay,
     }
-    if not config.offload_optimizer and not torch.cuda.is_available():
+    if not config.offload_optimizer and not cuda:
         # torch's AdamW on CPU; foreach batches the per-tensor updates (fewer Python ops per step).
         optimizer_params.update(torch_adam=True, foreach=True)
     ds = {
         "train_micro_batch_size_per_gpu": config.micro_batch_size,
         "gradient_accumulation_steps": config.grad_accum_steps,
-        "train_batch_size": config.micro_batch_size * config.grad_accum_steps * world_size,
         # At ZeRO-0 fp32 the engine clips itself (see the module docstring).
         "gradient_clipping": 0.0 if fp32_zero0 else config.grad_clip,
         "optimizer": {"type": "AdamW", "params": optimizer_params},
         "zero_optimization": zero,
-        "bf16": {"enabled": use_bf16(config)},
+        "bf16": {"enabled": use_bf16(config, cuda)},
         "steps_per_print": 2**31 - 1,  # our loop logs; DeepSpeed's own report would sync every step
         "wall_clock_breakdown": False,
     }
     return _merge(ds, config.deepspeed_overrides)
+
+
+# The files in configs/deepspeed/: name -> (TrainConfig fields, GPU?). Generated, never edited
+# by hand (tests/test_engine.py checks that they match :func:`deepspeed_config`).
+DEEPSPEED_PRESETS: dict[str, tuple[dict[str, Any], bool]] = {
+    "cpu_zero0": ({"zero_stage": 0}, False),
+    "cpu_zero2": ({"zero_stage": 2}, False),
+    "cpu_zero3": ({"zero_stage": 3}, False),
+    "gpu_zero2": ({"zero_stage": 2}, True),
+    "gpu_zero3": ({"zero_stage": 3}, True),
+    "gpu_zero3_offload": ({"zero_stage": 3, "offload_optimizer": True, "offload_params": True}, True),
+}
+
+
+def preset_deepspeed_config(name: str) -> dict:
+    """The JSON of ``configs/deepspeed/{name}.json`` (TrainConfig defaults otherwise)."""
+    fields, cuda = DEEPSPEED_PRESETS[name]
+    return deepspeed_config(TrainConfig(**fields), cuda=cuda)
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -312,7 +334,7 @@ def build_engine(model: nn.Module, config: TrainConfig) -> Engine:
         model.gradient_checkpointing_enable()
     torch.manual_seed(config.seed)
     trainable = select_trainable(model, config)
-    ds_config = deepspeed_config(config, world_size)
+    ds_config = deepspeed_config(config)
     schedule = cosine_schedule(config)
     ds_engine, _, _, _ = _deepspeed().initialize(
         model=model,
