@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -304,9 +305,27 @@ class Engine:
                 if self.is_main:
                     module.save_pretrained(directory)
         elif self.is_main:
-            module.save_pretrained(directory)
+            with _own_storage(module):
+                module.save_pretrained(directory)
         self.barrier()
         return directory
+
+
+@contextmanager
+def _own_storage(module: nn.Module) -> Iterator[None]:
+    """Give each parameter its own storage for the duration of a save.
+
+    ZeRO-1/2 (and bf16) keep parameters as views into one flat buffer, which
+    safetensors refuses to save; the flat buffer is put back afterwards so that
+    training can go on."""
+    originals = [(p, p.data) for p in module.parameters()]
+    try:
+        for param, data in originals:
+            param.data = data.clone()
+        yield
+    finally:
+        for param, data in originals:
+            param.data = data
 
 
 def _output_metrics(output: Any) -> dict[str, float]:

@@ -45,6 +45,7 @@ class TrainResult:
 
     run_dir: Path
     steps: int
+    rank: int = 0
     losses: list[float] = field(default_factory=list)
     nonfinite_skipped: int = 0
     tokens_per_s: float = 0.0
@@ -116,7 +117,7 @@ def train(model: nn.Module, data: Batches, config: TrainConfig, run_dir: str | P
 
 def _run(engine: Engine, data: Batches, config: TrainConfig, run_dir: Path, state: dict,
          metrics_log: MetricsLog, reporter: Reporter, full_config: Any) -> TrainResult:
-    result = TrainResult(run_dir=run_dir, steps=engine.global_step)
+    result = TrainResult(run_dir=run_dir, steps=engine.global_step, rank=engine.rank)
     batches = data.iter_from(state["position"], engine.rank, engine.world_size)
     saved_at = engine.global_step if state["position"] else -1
     started, tokens_seen = time.perf_counter(), 0

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as error:
         print(f"unified-ar train: {error}", file=sys.stderr)
         return 1
-    if result.losses:
+    if result.losses and result.rank == 0:
         print(f"trained {result.steps} steps: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}, "
               f"{result.tokens_per_s:,.0f} tokens/s; run dir {result.run_dir}")
     return 0
