@@ -95,6 +95,8 @@ def train(model: nn.Module, data: Batches, config: TrainConfig, run_dir: str | P
     engine = build_engine(model, config)
     state = {"position": 0, "nonfinite_skipped": 0, "counters": {}}
     metrics_log = MetricsLog(run_dir, enabled=engine.is_main)
+    if not resume and checkpoint.latest_tag(run_dir) is not None:
+        raise FileExistsError(f"{run_dir} already holds a checkpoint; resume it (--resume) or use a new run_dir")
     if resume:
         restored = checkpoint.load(engine, run_dir)
         if restored is not None:
@@ -105,8 +107,9 @@ def train(model: nn.Module, data: Batches, config: TrainConfig, run_dir: str | P
     if engine.is_main:
         save_config(full_config, run_dir)
     reporter = Reporter(config, run_dir, engine.global_step, engine.is_main, to_dict(full_config))
-    if resume and engine.global_step:
-        reporter.message(f"resumed from step {engine.global_step} (data position {state['position']})")
+    if resume:
+        reporter.message(f"resumed from step {engine.global_step} (data position {state['position']})"
+                         if engine.global_step else f"{run_dir}: no checkpoint to resume; starting at step 0")
     try:
         result = _run(engine, data, config, run_dir, state, metrics_log, reporter, full_config)
     finally:
