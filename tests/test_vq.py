@@ -1,0 +1,205 @@
+"""VQ tokenizer: official LlamaGen layout loads strictly, shapes, save/load, attention backends."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from unified_ar.tokenizer.attention import attention, check_backend
+from unified_ar.tokenizer.vq import VQ_PRESETS, VQConfig, VQModel, load_strict
+
+
+def _resblock(prefix: str, cin: int, cout: int) -> dict[str, tuple]:
+    out = {
+        f"{prefix}.norm1.weight": (cin,), f"{prefix}.norm1.bias": (cin,),
+        f"{prefix}.conv1.weight": (cout, cin, 3, 3), f"{prefix}.conv1.bias": (cout,),
+        f"{prefix}.norm2.weight": (cout,), f"{prefix}.norm2.bias": (cout,),
+        f"{prefix}.conv2.weight": (cout, cout, 3, 3), f"{prefix}.conv2.bias": (cout,),
+    }
+    if cin != cout:
+        out[f"{prefix}.nin_shortcut.weight"] = (cout, cin, 1, 1)
+        out[f"{prefix}.nin_shortcut.bias"] = (cout,)
+    return out
+
+
+def _attn(prefix: str, c: int) -> dict[str, tuple]:
+    out = {f"{prefix}.norm.weight": (c,), f"{prefix}.norm.bias": (c,)}
+    for name in ("q", "k", "v", "proj_out"):
+        out[f"{prefix}.{name}.weight"] = (c, c, 1, 1)
+        out[f"{prefix}.{name}.bias"] = (c,)
+    return out
+
+
+def llamagen_vq_layout(ch=128, ch_mult=(1, 1, 2, 2, 4), z=256, codebook=16384, dim=8) -> dict[str, tuple]:
+    """Names and shapes of LlamaGen's VQModel (vq_model.py, num_res_blocks=2, GroupNorm, show_usage),
+    written out from the original Encoder/Decoder/VectorQuantizer definitions."""
+    shapes: dict[str, tuple] = {"encoder.conv_in.weight": (ch, 3, 3, 3), "encoder.conv_in.bias": (ch,)}
+    in_mult = (1,) + tuple(ch_mult)
+    last = len(ch_mult) - 1
+    for i, m in enumerate(ch_mult):  # encoder: 2 res blocks per level, attn at the last level
+        cin, cout = ch * in_mult[i], ch * m
+        for j in range(2):
+            shapes.update(_resblock(f"encoder.conv_blocks.{i}.res.{j}", cin if j == 0 else cout, cout))
+            if i == last:
+                shapes.update(_attn(f"encoder.conv_blocks.{i}.attn.{j}", cout))
+        if i != last:
+            shapes[f"encoder.conv_blocks.{i}.downsample.conv.weight"] = (cout, cout, 3, 3)
+            shapes[f"encoder.conv_blocks.{i}.downsample.conv.bias"] = (cout,)
+    top = ch * ch_mult[-1]
+    for part in ("encoder", "decoder"):
+        shapes.update(_resblock(f"{part}.mid.0", top, top))
+        shapes.update(_attn(f"{part}.mid.1", top))
+        shapes.update(_resblock(f"{part}.mid.2", top, top))
+    shapes.update({"encoder.norm_out.weight": (top,), "encoder.norm_out.bias": (top,),
+                   "encoder.conv_out.weight": (z, top, 3, 3), "encoder.conv_out.bias": (z,),
+                   "decoder.conv_in.weight": (top, z, 3, 3), "decoder.conv_in.bias": (top,)})
+    block_in = top
+    for k, i in enumerate(reversed(range(len(ch_mult)))):  # decoder: 3 res blocks per level, from the top
+        cout = ch * ch_mult[i]
+        for j in range(3):
+            shapes.update(_resblock(f"decoder.conv_blocks.{k}.res.{j}", block_in, cout))
+            block_in = cout
+            if i == last:
+                shapes.update(_attn(f"decoder.conv_blocks.{k}.attn.{j}", cout))
+        if i != 0:
+            shapes[f"decoder.conv_blocks.{k}.upsample.conv.weight"] = (cout, cout, 3, 3)
+            shapes[f"decoder.conv_blocks.{k}.upsample.conv.bias"] = (cout,)
+    shapes.update({"decoder.norm_out.weight": (ch,), "decoder.norm_out.bias": (ch,),
+                   "decoder.conv_out.weight": (3, ch, 3, 3), "decoder.conv_out.bias": (3,),
+                   "quantize.embedding.weight": (codebook, dim), "quantize.codebook_used": (65536,),
+                   "quant_conv.weight": (dim, z, 1, 1), "quant_conv.bias": (dim,),
+                   "post_quant_conv.weight": (z, dim, 1, 1), "post_quant_conv.bias": (z,)})
+    return shapes
+
+
+def _tiny_official_config() -> VQConfig:
+    """The LlamaGen layout (5 levels, 2 res blocks) at a width cheap enough to run."""
+    return replace(VQ_PRESETS["VQ-16"], ch=32, z_channels=32, codebook_size=64)
+
+
+def test_vq16_official_layout_loads_strictly_on_meta():
+    layout = llamagen_vq_layout()
+    state = {k: torch.empty(s, device="meta") for k, s in layout.items()}
+    with torch.device("meta"):
+        model = VQModel(VQ_PRESETS["VQ-16"])
+    assert set(model.state_dict()) == set(layout)
+    load_strict(model, state, "vq_ds16_t2i.pt (layout)")
+
+
+@pytest.mark.parametrize("wrapper", ["ema", "model", "state_dict", None])
+def test_official_pt_file_loads_through_from_pretrained(tmp_path, wrapper):
+    layout = llamagen_vq_layout(ch=32, z=32, codebook=64)
+    state = {k: torch.randn(s) for k, s in layout.items()}
+    path = tmp_path / "vq.pt"
+    torch.save({wrapper: state, "optimizer": {}} if wrapper else state, path)
+    model = VQModel.from_pretrained(path, preset="VQ-16", ch=32, z_channels=32, codebook_size=64)
+    assert torch.equal(model.quantize.embedding.weight, state["quantize.embedding.weight"])
+
+
+def test_mismatch_lists_missing_and_unexpected_keys(tmp_path):
+    layout = llamagen_vq_layout(ch=32, z=32, codebook=64)
+    state = {k: torch.randn(s) for k, s in layout.items()}
+    state["quantize.embedding.weights"] = state.pop("quantize.embedding.weight")
+    state["quant_conv.bias"] = torch.zeros(9)
+    torch.save({"model": state}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError) as err:
+        VQModel.from_pretrained(tmp_path / "bad.pt", preset="VQ-16", ch=32, z_channels=32, codebook_size=64)
+    msg = str(err.value)
+    assert "missing keys (1): quantize.embedding.weight" in msg
+    assert "unexpected keys (1): quantize.embedding.weights" in msg
+    assert "quant_conv.bias: checkpoint (9,) vs model (8,)" in msg
+    assert "bad.pt" in msg
+
+
+def test_official_file_needs_preset(tmp_path):
+    torch.save({"model": {}}, tmp_path / "vq.pt")
+    with pytest.raises(ValueError, match="preset="):
+        VQModel.from_pretrained(tmp_path / "vq.pt")
+
+
+def test_encode_decode_shapes_and_code_embeddings():
+    torch.manual_seed(0)
+    model = VQModel(_tiny_official_config()).eval()
+    pixels = torch.rand(2, 3, 32, 64) * 2 - 1
+    codes = model.encode(pixels)
+    assert codes.shape == (2, 2, 4) and codes.dtype == torch.long
+    assert model.grid_size(96) == 6
+    emb = model.code_embeddings(codes)
+    assert emb.shape == (2, 8, 2, 4)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(2, 2, 4))  # l2-normalised codebook
+    assert model.decode(codes).shape == (2, 3, 32, 64)
+    out = model(pixels)
+    assert torch.equal(out.codes, codes) and out.recon.shape == pixels.shape and out.loss is None
+
+
+def test_bad_input_sizes_raise():
+    model = VQModel(_tiny_official_config())
+    with pytest.raises(ValueError, match="multiple of the VQ downsampling factor 16"):
+        model.encode(torch.zeros(1, 3, 40, 40))
+    with pytest.raises(ValueError, match=r"\[B,3,H,W\]"):
+        model.encode(torch.zeros(3, 32, 32))
+
+
+def test_training_forward_losses_and_usage():
+    torch.manual_seed(0)
+    cfg = replace(VQ_PRESETS["VQ-shapes"], entropy_loss_ratio=0.1, codebook_restart_every=1)
+    model = VQModel(cfg).train()
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = model(pixels)
+    for key in ("recon_loss", "codebook_loss", "commit_loss", "entropy_loss", "codebook_usage", "psnr"):
+        assert key in out.metrics
+    out.loss.backward()
+    assert model.encoder.conv_in.weight.grad is not None and model.quantize.embedding.weight.grad is not None
+    before = model.quantize.embedding.weight.detach().clone()
+    out2 = model(pixels)  # restart check is due: unused codes move onto encoder outputs
+    assert out2.metrics["codes_restarted"] > 0
+    assert not torch.equal(before, model.quantize.embedding.weight)
+
+
+def test_save_and_from_pretrained_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    model = VQModel(VQ_PRESETS["VQ-shapes"]).eval()
+    model.save_pretrained(tmp_path / "vq")
+    loaded = VQModel.from_pretrained(tmp_path / "vq")
+    assert loaded.config == model.config
+    pixels = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert torch.equal(loaded.encode(pixels), model.encode(pixels))
+    with pytest.raises(ValueError, match="drop preset="):
+        VQModel.from_pretrained(tmp_path / "vq", preset="VQ-16")
+
+
+def test_sdpa_and_eager_attention_agree():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8) for _ in range(3))
+    for causal in (False, True):
+        torch.testing.assert_close(attention(q, k, v, causal, "sdpa"), attention(q, k, v, causal, "eager"))
+    # queries at the end of a longer key sequence (KV cache): bottom-right causal alignment
+    torch.testing.assert_close(attention(q[:, :, -2:], k, v, True, "sdpa"), attention(q, k, v, True, "eager")[:, :, -2:])
+    model = VQModel(_tiny_official_config()).eval()
+    eager = VQModel(replace(model.config, attn_backend="eager")).eval()
+    eager.load_state_dict(model.state_dict())
+    pixels = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixels).recon, eager(pixels).recon, atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_or_missing_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        check_backend("flash")
+    try:
+        import xformers  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="xformers package is not installed"):
+            VQModel(replace(_tiny_official_config(), attn_backend="xformers"))
+    else:
+        pytest.skip("xformers is installed here; the not-installed error cannot be shown")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="xformers attention needs a CUDA GPU")
+def test_xformers_matches_sdpa_on_gpu():
+    pytest.importorskip("xformers", reason="xformers is not installed")
+    q, k, v = (torch.randn(2, 3, 7, 16, device="cuda", dtype=torch.float16) for _ in range(3))
+    for causal in (False, True):
+        torch.testing.assert_close(attention(q, k, v, causal, "xformers"), attention(q, k, v, causal, "sdpa"),
+                                   atol=2e-3, rtol=2e-3)
