@@ -101,3 +101,15 @@ def test_nonfinite_loss_is_skipped_then_stops_the_run(tmp_path):
     result = train(TinyLM(), one_bad, _config(max_steps=6, export_final=False), tmp_path / "b")
     assert result.nonfinite_skipped == 1 and result.steps == 6  # 7 of the 8 micro-batches of epoch 0
     assert all(loss == loss for loss in result.losses)  # no NaN reached a step
+
+
+def test_data_that_stops_yielding_is_a_clear_error(tmp_path):
+    from unified_ar.train.loop import train
+
+    class TwoBatches:
+        def iter_from(self, position, rank, world_size):
+            for i in range(position, 2):
+                yield i + 1, collate_pattern([PatternData()[j] for j in range(8)])
+
+    with pytest.raises(RuntimeError, match="TwoBatches.iter_from stopped yielding at data position 2"):
+        train(TinyLM(), TwoBatches(), _config(export_final=False), tmp_path)

@@ -265,10 +265,9 @@ class Engine:
         return MicroStep(loss=value, metrics=metrics, stepped=boundary)
 
     def _clip(self) -> torch.Tensor:
-        grads = [p.grad for p in self._params if p.grad is not None]
         if self.config.grad_clip > 0:
             return torch.nn.utils.clip_grad_norm_(self._params, self.config.grad_clip, foreach=True)
-        return torch.nn.utils.get_total_norm(grads, foreach=True)
+        return torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None], foreach=True)
 
     def grad_norm(self) -> float | None:
         """Global gradient norm before clipping, of the last optimiser step."""

@@ -6,7 +6,6 @@ Only rank 0 writes. wandb runs offline unless the config says ``wandb_mode: onli
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from tqdm import tqdm
 
 from unified_ar.train.config import TrainConfig
 
-LOG = logging.getLogger("unified_ar.train")
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -79,8 +77,7 @@ class Reporter:
 
     def message(self, text: str) -> None:
         if self.enabled:
-            self.bar.write(text)
-            LOG.info(text)
+            self.bar.write(text)  # above the bar, whether or not the bar is shown
 
     def close(self) -> None:
         self.bar.close()

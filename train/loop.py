@@ -126,7 +126,7 @@ def _run(engine: Engine, data: Batches, config: TrainConfig, run_dir: Path, stat
     started, tokens_seen = time.perf_counter(), 0
     while engine.global_step < config.max_steps:
         window, step_start = _Window(), time.perf_counter()
-        in_a_row = 0
+        in_a_row, stepped = 0, False
         for position, batch in batches:
             micro = engine.micro_step(batch)
             state["position"] = position
@@ -141,7 +141,11 @@ def _run(engine: Engine, data: Batches, config: TrainConfig, run_dir: Path, stat
             in_a_row = 0
             window.add(micro.loss, micro.metrics, batch)
             if micro.stepped:
+                stepped = True
                 break
+        if not stepped:
+            raise RuntimeError(f"{type(data).__name__}.iter_from stopped yielding at data position "
+                               f"{state['position']}; a Batches must yield forever (epoch after epoch)")
         elapsed = time.perf_counter() - step_start
         tokens_seen += window.real_tokens
         record = _record(engine, window, elapsed, data)

@@ -14,6 +14,7 @@ The run directory gets the resolved config, ``metrics.jsonl``, checkpoints and a
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from run_dir's latest checkpoint")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     args, overrides = parser.parse_known_args(argv)
+    # Bad-record warnings (unified_ar.train.data) go to the console.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = load_config(StageConfig, args.config, overrides)
     check_stage(config, args.config)
     from unified_ar.train.loop import TrainingStopped, train
