@@ -57,3 +57,21 @@ def test_train_command_trains_exports_and_resumes(shapes_world, world_codes, tmp
     offline = UnifiedARModel.from_pretrained(tmp_path / "offline")
     for (name, a), (_, b) in zip(model.state_dict().items(), offline.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_train_command_stops_on_bad_data_naming_records(shapes_world, world_codes, tmp_path, capsys):
+    from unified_ar.cli import main
+
+    vq_dir, codes = world_codes
+    rows = [json.loads(line) for line in (shapes_world / "captions_train.jsonl").read_text().splitlines()]
+    for row in rows[::2]:
+        row["image"] = "images/train/missing.png"
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = stage_config(shapes_world, vq_dir, codes, tmp_path / "run")
+    data["data"]["sources"] = [{"kind": "captions", "path": str(tmp_path / "captions.jsonl")}]
+    data["data"]["image_root"] = str(shapes_world)
+    config = tmp_path / "stage.yaml"
+    config.write_text(yaml.safe_dump(data))
+    assert main(["train", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "records are bad" in err and "captions.jsonl:" in err and "missing.png" in err

@@ -150,13 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = load_config(StageConfig, args.config, overrides)
     check_stage(config, args.config)
+    from unified_ar.train.data.bad import BadDataError
     from unified_ar.train.loop import TrainingStopped, train
 
     model = build_model(config)
     data = build_data(config, model)
     try:
         result = train(model, data, config.train, config.run_dir, resume=args.resume, full_config=config)
-    except TrainingStopped as error:
+    except (TrainingStopped, BadDataError, FileExistsError) as error:
         print(f"unified-ar train: {error}", file=sys.stderr)
         return 1
     if result.losses and result.rank == 0:
