@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     from unified_ar.train.data.bad import BadDataError
     from unified_ar.train.loop import TrainingStopped, train
 
+    import torch
+
+    torch.manual_seed(config.train.seed)  # same initial weights on every rank, and run to run
     model = build_model(config)
     data = build_data(config, model)
     try:
