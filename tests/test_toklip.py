@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from test_vq import llamagen_vq_layout
 
-from unified_ar.tokenizer.toklip import TOKLIP_PRESETS, TokLIP, toklip_config
+from unified_ar.tokenizer.toklip import TOKLIP_PRESETS, TokLIP, convert_official_state_dict, toklip_config
 from unified_ar.tokenizer.vq import load_strict
 
 
@@ -72,7 +72,8 @@ def test_full_size_official_layout_loads_on_meta(preset, img):
     with torch.device("meta"):
         model = TokLIP(TOKLIP_PRESETS[preset])
     assert set(model.state_dict()) == set(layout)
-    load_strict(model, {k: torch.empty(s, device="meta") for k, s in layout.items()}, preset)
+    state = {k: torch.empty(s, device="meta") for k, s in layout.items()}
+    load_strict(model, convert_official_state_dict(state), preset)
 
 
 @pytest.mark.parametrize("wrap", ["plain", "module", "state_dict", "state_dict+module"])

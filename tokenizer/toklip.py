@@ -353,8 +353,10 @@ class TokLIP(nn.Module):
         self.visual = nn.Module()
         self.visual.trunk = TokLIPTrunk(config, vq)
         self.text = TextTransformer(config)
-        self.logit_scale = nn.Parameter(torch.tensor(config.init_logit_scale))
-        self.logit_bias = nn.Parameter(torch.tensor(config.init_logit_bias))
+        # shape [1], not open_clip's [] : DeepSpeed's initial parameter broadcast cannot view a
+        # 0-dim tensor as bytes; convert_official_state_dict reshapes the official scalars
+        self.logit_scale = nn.Parameter(torch.full((1,), config.init_logit_scale))
+        self.logit_bias = nn.Parameter(torch.full((1,), config.init_logit_bias))
         # kept out of the module tree so it is neither saved nor trained
         self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
         self.tokenizer = None
@@ -467,7 +469,7 @@ class TokLIP(nn.Module):
         model = cls(config, teacher=teacher)
         load_strict(model, load_file(directory / "model.safetensors"), str(directory))
         if (directory / "tokenizer").is_dir():
-            model.tokenizer = _load_tokenizer(directory / "tokenizer")
+            model.tokenizer = load_text_tokenizer(directory / "tokenizer")
         return model.eval()
 
     @classmethod
@@ -481,17 +483,24 @@ class TokLIP(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: TokLIP checkpoint not found")
-        state = unwrap_state_dict(read_torch_checkpoint(path), path, keys=("state_dict",))
-        if state and all(k.startswith("module.") for k in state):
-            state = {k[len("module."):]: v for k, v in state.items()}
+        state = convert_official_state_dict(unwrap_state_dict(read_torch_checkpoint(path), path, keys=("state_dict",)))
         model = cls(toklip_config(preset, **overrides))
         load_strict(model, state, str(path))
         if tokenizer is not None:
-            model.tokenizer = _load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+            model.tokenizer = load_text_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
         return model.eval()
 
 
-def _load_tokenizer(path: str | Path):
+def convert_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An official TokLIP state dict in our layout: the DDP ``module.`` prefix dropped and the
+    0-dim ``logit_scale`` / ``logit_bias`` as shape [1]; every name is kept."""
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return {k: v.reshape(1) if k in ("logit_scale", "logit_bias") and v.dim() == 0 else v for k, v in state.items()}
+
+
+def load_text_tokenizer(path: str | Path):
+    """A text tokenizer from a local directory (AutoTokenizer, no network)."""
     from transformers import AutoTokenizer  # heavy import, only when a tokenizer is asked for
 
     path = Path(path)

@@ -345,8 +345,11 @@ class VQModel(nn.Module):
         """codes [B,h,w] long -> pixels [B,3,h*f,w*f] (unclamped, ~[-1,1])."""
         return self.decode_latent(self.code_embeddings(codes))
 
-    def forward(self, pixels: torch.Tensor) -> VQOutput:
-        """Reconstruct ``pixels`` [B,3,H,W]; in training mode also the VQ losses and their parts."""
+    def forward(self, pixels: torch.Tensor | dict) -> VQOutput:
+        """Reconstruct ``pixels`` [B,3,H,W] (or a batch dict holding them under "pixels", as the
+        training engine passes it); in training mode also the VQ losses and their parts."""
+        if isinstance(pixels, dict):
+            pixels = pixels["pixels"]
         z, z_q, codes, dist, restarted = self._latent(pixels, restart=self.training)
         z_st = z + (z_q - z).detach()  # straight-through gradient to the encoder
         recon = self.decode_latent(z_st.permute(0, 3, 1, 2))

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("unified_ar.train.stage_unified", "train the unified model: a stage config (align / unified / sft)"),
     "pretokenize": ("unified_ar.train.pretokenize", "encode the images of data files to VQ codes, once"),
     "export": ("unified_ar.train.export", "write a training checkpoint as a from_pretrained directory"),
+    "train-vq": ("unified_ar.train.stage_vq", "train (or --eval) the VQ tokenizer; prints val PSNR and codebook usage"),
+    "train-toklip": ("unified_ar.train.stage_toklip", "train (or --eval) TokLIP; prints retrieval R@1 and colour accuracy"),
 }
 
 
