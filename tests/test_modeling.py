@@ -106,3 +106,22 @@ def test_save_load_gives_identical_logits(tmp_path):
     assert torch.equal(loaded(gen_batch).logits, model(gen_batch).logits)
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("*.safetensors")) == [
         "llm.safetensors", "projector.safetensors", "vq.safetensors"]
+
+
+def test_toklip_features_save_load_and_shared_vq(tmp_path):
+    from unified_ar.modeling import UnifiedARModel
+    from unified_helpers import TINY_VQ
+
+    toklip = {"vq_cfg": TINY_VQ, "img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2}
+    model = tiny_model(tmp_path / "tok", comprehension_features="toklip", semantic_gen_input=True,
+                       **{"toklip.overrides": toklip})
+    assert model.toklip.vq is model.vq  # one VQ, not two copies
+    randomize_(model.gen_projector, seed=4)
+    gen, comp = _examples(model)
+    codes = torch.randint(0, 32, (1, model.num_image_tokens))
+    batches = [{"input_ids": torch.tensor([comp.input_ids]), "image_codes": codes},
+               {"input_ids": torch.tensor([gen.input_ids])}]
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = UnifiedARModel.from_pretrained(tmp_path / "ckpt")
+    for batch in batches:
+        assert torch.equal(loaded(batch).logits, model(batch).logits)

@@ -110,8 +110,11 @@ def test_semantic_gen_input_features_match_training_forward(tmp_path):
 
     if importlib.util.find_spec("unified_ar.tokenizer.toklip") is None:
         pytest.skip("unified_ar.tokenizer.toklip has not landed yet")
+    from unified_helpers import TINY_VQ
+
+    toklip = {"vq_cfg": TINY_VQ, "img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2}
     model = tiny_model(tmp_path, semantic_gen_input=True, comprehension_features="toklip",
-                       **{"toklip.preset": "TokLIP-shapes"})
+                       **{"toklip.overrides": toklip})
     randomize_(model.gen_projector, seed=2)  # zero-initialised last layer would make this vacuous
     randomize_(model.llm, seed=5, scale=3.0)
     cfg = ImageSamplingConfig(guidance_scale=None, temperature=1.0, decode_images=False)

@@ -81,18 +81,23 @@ def _build_vq(part: PartConfig, device) -> nn.Module:
     return VQModel.from_pretrained(path, None if is_dir else part.preset, **part.overrides)
 
 
-def _build_toklip(part: PartConfig, device) -> nn.Module:
+def _build_toklip(part: PartConfig, device, vq: nn.Module) -> nn.Module:
+    """TokLIP from a preset (sharing our VQ module, so its weights exist once) or a path
+    (our TokLIP directory or an official checkpoint, which bring their own VQ copy)."""
     from unified_ar.tokenizer import toklip as tk
-    from unified_ar.tokenizer.vq import preset_config, read_config_json
+    from unified_ar.tokenizer.vq import read_config_json
 
     path = Path(part.path) if part.path else None
     if torch.device(device).type == "meta" or path is None:
         if path is not None and path.is_dir():
-            cfg = replace(read_config_json(tk.TokLIPConfig, path / "config.json"), **part.overrides)
+            cfg = tk.toklip_config(read_config_json(tk.TokLIPConfig, path / "config.json"), **part.overrides)
         else:
-            cfg = preset_config(tk.TOKLIP_PRESETS, part.preset, **part.overrides)
+            cfg = tk.toklip_config(part.preset, **part.overrides)
+        if cfg.vq_cfg != vq.config:
+            raise ValueError(f"toklip: its vq_cfg {cfg.vq_cfg} differs from the model's VQ {vq.config}; "
+                             "set toklip.overrides.vq_cfg to match vq")
         with torch.device(device):
-            return tk.TokLIP(cfg)
+            return tk.TokLIP(cfg, vq=vq)
     if path.is_dir():
         return tk.TokLIP.from_pretrained(path, **part.overrides)
     return tk.TokLIP.from_official_checkpoint(path, part.preset, **part.overrides)
@@ -142,7 +147,7 @@ class UnifiedARModel(nn.Module):
         resize_llm_vocab(self.llm, self.layout)
         hidden = llm_hidden_size(self.llm)
         needs_toklip = config.comprehension_features == "toklip" or config.semantic_gen_input
-        self.toklip = _build_toklip(config.toklip, device) if needs_toklip else None
+        self.toklip = _build_toklip(config.toklip, device, self.vq) if needs_toklip else None
         in_dim = self.toklip.feature_dim if config.comprehension_features == "toklip" else self.vq.config.codebook_embed_dim
         with torch.device(device):
             self.projector = Projector(config.projector, in_dim, hidden)
