@@ -66,9 +66,12 @@ class VQConfig:
 VQ_PRESETS: dict[str, VQConfig] = {
     "VQ-16": VQConfig(),
     "VQ-8": VQConfig(encoder_ch_mult=[1, 2, 2, 4], decoder_ch_mult=[1, 2, 2, 4]),
-    # Shapes world: 96 px -> 6x6 codes; ~170 distinct 16x16 patches, so 256 codes suffice
-    "VQ-shapes": VQConfig(codebook_size=256, codebook_embed_dim=8, z_channels=64, ch=32, num_res_blocks=1,
-                          encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4]),
+    # Shapes world: 96 px -> 6x6 codes; ~170 distinct 16x16 patches, so 256 codes suffice. No res
+    # blocks in the encoder levels (1 per decoder level): the 96 px convs dominate CPU time.
+    # Equals configs/vq/shapes.yaml.
+    "VQ-shapes": VQConfig(codebook_size=256, codebook_embed_dim=8, z_channels=64, ch=32, num_res_blocks=0,
+                          encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4],
+                          codebook_restart_every=20),
 }
 
 
@@ -269,16 +272,21 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def restart_dead(self, z: torch.Tensor) -> int:
-        """When a restart check is due, move codes unhit since the last one onto random rows of the
-        encoder outputs ``z`` [B,dim,h,w]; return how many moved. Runs before quantizing, so the
-        in-place codebook edit precedes this step's autograd graph."""
+        """When a restart check is due, move codes unhit since the last one onto rows of the encoder
+        outputs ``z`` [B,dim,h,w] drawn with probability proportional to their squared distance to the
+        nearest code (k-means++ style: the worst-served vectors, not the plentiful background, get the
+        freed codes); return how many moved. Runs before quantizing, so the in-place codebook edit
+        precedes this step's autograd graph."""
         every = self.config.codebook_restart_every
         if every <= 0 or int(self.steps) == 0 or int(self.steps) % every:
             return 0
         dead = (self.hits == 0).nonzero().flatten()
         if dead.numel():
             flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-            pick = flat[torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)]
+            if self.config.codebook_l2_norm:
+                flat = F.normalize(flat, dim=-1)
+            error = torch.cdist(flat, self.codebook()).min(dim=1).values.pow(2) + 1e-12
+            pick = flat[torch.multinomial(error, dead.numel(), replacement=True)]
             pick = pick + 0.01 * pick.norm(dim=-1, keepdim=True) * torch.randn_like(pick)  # distinct copies
             self.embedding.weight[dead] = F.normalize(pick, dim=-1) if self.config.codebook_l2_norm else pick
         self.hits.zero_()
