@@ -33,13 +33,13 @@ def _read_json(path: Path) -> dict:
 
 def stage_vq(config: DemoConfig, out: Path) -> dict:
     command(["train-vq", "--config", str(packaged_config(config.vq_config)), "--out", str(out / "vq"),
-             "--data.world", str(out / "world"), *config.vq_overrides])
+             "--data.root", str(out / "world"), *config.vq_overrides])
     return _read_json(out / "vq" / "eval.json")
 
 
 def stage_toklip(config: DemoConfig, out: Path) -> dict:
     command(["train-toklip", "--config", str(packaged_config(config.toklip_config)), "--out", str(out / "toklip"),
-             "--data.world", str(out / "world"), "--model.vq_path", str(out / "vq" / "export"),
+             "--data.root", str(out / "world"), "--vq_path", str(out / "vq" / "export"),
              *config.toklip_overrides])
     return _read_json(out / "toklip" / "eval.json")
 
@@ -134,7 +134,7 @@ def stage_eval_vqa(config: DemoConfig, out: Path, variant: str) -> dict:
              "--short-answer-suffix", "", "--batch-size", str(config.eval_batch_size), "--limit", str(limit)])
     metrics = _read_json(run / "eval_vqa" / "metrics.json")
     return {"vqa": {"overall": metrics["overall"] / 100,
-                    "by_type": {k: v / 100 for k, v in sorted(metrics["per_question_type"].items())}}}
+                    "by_type": {k: v / 100 for k, v in sorted(metrics["perQuestionType"].items())}}}
 
 
 def stage_eval_t2i(config: DemoConfig, out: Path, variant: str) -> dict:

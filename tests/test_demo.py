@@ -1,0 +1,70 @@
+"""`unified-ar demo --fast`: every stage runs, losses fall, outputs exist and parse."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from unified_ar.config import ConfigError
+
+
+@pytest.fixture(scope="module")
+def fast_demo(tmp_path_factory):
+    from unified_ar import cli
+
+    out = tmp_path_factory.mktemp("demo")
+    assert cli.main(["demo", "--fast", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_fast_demo_outputs(fast_demo):
+    from unified_ar.eval.report import load_metrics
+
+    metrics = json.loads((fast_demo / "metrics.json").read_text())
+    load_metrics(fast_demo)  # the report's strict schema
+    run = metrics["runs"]["toklip"]
+    assert 0.0 <= run["vqa"]["overall"] <= 1.0
+    assert set(run["vqa"]["by_type"]) == {"color", "shape", "count", "existence", "position", "size"}
+    for key in ("color", "shape", "size", "position", "count", "exact"):
+        assert 0.0 <= run["t2i"][key] <= 1.0
+    assert (fast_demo / "report.html").is_file()
+    for name in ("grid_toklip.png", "loss_toklip.png", "recon.png"):
+        Image.open(fast_demo / "figures" / name).verify()
+    images = sorted((fast_demo / "runs" / "toklip" / "eval_t2i" / "images").glob("*.png"))
+    assert len(images) == metrics["config"]["eval_val_images"]
+    assert metrics["tokenizers"]["vq"]["val_psnr"] > 10
+
+
+@pytest.mark.slow
+def test_fast_demo_losses_fall(fast_demo):
+    for stage in ("align", "unified"):
+        path = fast_demo / "runs" / "toklip" / stage / "metrics.jsonl"
+        losses = [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+        k = max(len(losses) // 4, 1)
+        first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+        assert last < first, (stage, first, last)
+    for part in ("vq", "toklip"):
+        losses = [json.loads(l)["loss"] for l in (fast_demo / part / "metrics.jsonl").read_text().splitlines()]
+        k = max(len(losses) // 4, 1)
+        assert sum(losses[-k:]) / k < sum(losses[:k]) / k, part
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_stages(fast_demo, capsys):
+    from unified_ar import cli
+
+    before = json.loads((fast_demo / "metrics.json").read_text())
+    assert cli.main(["demo", "--fast", "--out", str(fast_demo)]) == 0
+    printed = capsys.readouterr().out
+    assert "runs/toklip/unified: done already" in printed and "$ unified-ar train" not in printed
+    after = json.loads((fast_demo / "metrics.json").read_text())
+    assert after["runs"] == before["runs"] and after["stage_seconds"] == before["stage_seconds"]
+
+
+def test_demo_bad_override_is_a_config_error(tmp_path):
+    from unified_ar.demo import main
+
+    with pytest.raises(ConfigError, match="cfg_scal"):
+        main(["--fast", "--out", str(tmp_path), "--cfg_scal", "2"])
