@@ -7,9 +7,11 @@ from setuptools import setup
 
 FOLDERS = {
     "unified_ar": "unified_ar",
+    "unified_ar.commands": "unified_ar/commands",
     "unified_ar.tokenizer": "tokenizer",
     "unified_ar.train": "train",
     "unified_ar.train.shapes": "train/shapes",
+    "unified_ar.train.data": "train/data",
     "unified_ar.eval": "eval",
     "unified_ar.eval.benchmarks": "eval/benchmarks",
     "unified_ar.configs": "configs",
@@ -22,7 +24,7 @@ setup(
     python_requires=">=3.10",
     packages=list(FOLDERS),
     package_dir=FOLDERS,
-    package_data={"unified_ar.configs": ["*.yaml", "*/*.yaml", "*/*.json"]},
+    package_data={"unified_ar.configs": ["*/*.yaml", "*/*.json"]},
     install_requires=[
         "torch>=2.3",
         "transformers>=5.0,<6",
