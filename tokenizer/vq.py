@@ -47,14 +47,18 @@ class VQConfig:
     # moved onto random encoder outputs of the batch (0 = off). Small data needs it
     # to escape the one-code collapse of a randomly initialised codebook.
     codebook_restart_every: int = 0
+    # not in LlamaGen (fixed 32 there): GroupNorm groups. With few channels, 32 groups is a
+    # per-channel instance norm that erases each image's absolute colour; small presets use fewer.
+    norm_groups: int = NORM_GROUPS
 
     def __post_init__(self):
         if len(self.encoder_ch_mult) != len(self.decoder_ch_mult):
             raise ValueError("encoder_ch_mult and decoder_ch_mult must have the same length (same downsampling)")
         for name in ("encoder_ch_mult", "decoder_ch_mult"):
             for m in getattr(self, name):
-                if (self.ch * m) % NORM_GROUPS:
-                    raise ValueError(f"{name}: ch*mult = {self.ch * m} is not a multiple of {NORM_GROUPS} (GroupNorm)")
+                if (self.ch * m) % self.norm_groups:
+                    raise ValueError(f"{name}: ch*mult = {self.ch * m} is not a multiple of "
+                                     f"norm_groups = {self.norm_groups} (GroupNorm)")
         if self.reconstruction_loss not in ("l2", "l1"):
             raise ValueError(f"reconstruction_loss must be 'l2' or 'l1', got {self.reconstruction_loss!r}")
 
@@ -85,16 +89,16 @@ class VQOutput:
     metrics: dict[str, float]
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=NORM_GROUPS, num_channels=channels, eps=1e-6, affine=True)
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dropout: float):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, groups: int):
         super().__init__()
-        self.norm1 = _norm(in_channels)
+        self.norm1 = _norm(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-        self.norm2 = _norm(out_channels)
+        self.norm2 = _norm(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
@@ -108,10 +112,10 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention with 1x1-conv projections."""
 
-    def __init__(self, channels: int, backend: str):
+    def __init__(self, channels: int, backend: str, groups: int):
         super().__init__()
         self.backend = backend
-        self.norm = _norm(channels)
+        self.norm = _norm(channels, groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -145,8 +149,10 @@ class Upsample(nn.Module):
 
 
 def _mid(channels: int, config: VQConfig) -> nn.ModuleList:
-    return nn.ModuleList([ResnetBlock(channels, channels, config.dropout_p), AttnBlock(channels, config.attn_backend),
-                          ResnetBlock(channels, channels, config.dropout_p)])
+    g = config.norm_groups
+    return nn.ModuleList([ResnetBlock(channels, channels, config.dropout_p, g),
+                          AttnBlock(channels, config.attn_backend, g),
+                          ResnetBlock(channels, channels, config.dropout_p, g)])
 
 
 class Encoder(nn.Module):
@@ -162,15 +168,15 @@ class Encoder(nn.Module):
             block, last = nn.Module(), level == len(mult) - 1
             block.res, block.attn = nn.ModuleList(), nn.ModuleList()
             for _ in range(n):
-                block.res.append(ResnetBlock(block_in, ch * m, config.dropout_p))
+                block.res.append(ResnetBlock(block_in, ch * m, config.dropout_p, config.norm_groups))
                 block_in = ch * m
                 if last:
-                    block.attn.append(AttnBlock(block_in, config.attn_backend))
+                    block.attn.append(AttnBlock(block_in, config.attn_backend, config.norm_groups))
             if not last:
                 block.downsample = Downsample(block_in)
             self.conv_blocks.append(block)
         self.mid = _mid(block_in, config)
-        self.norm_out = _norm(block_in)
+        self.norm_out = _norm(block_in, config.norm_groups)
         self.conv_out = nn.Conv2d(block_in, config.z_channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,14 +207,14 @@ class Decoder(nn.Module):
             block, lowest = nn.Module(), level == len(mult) - 1
             block.res, block.attn = nn.ModuleList(), nn.ModuleList()
             for _ in range(n + 1):
-                block.res.append(ResnetBlock(block_in, ch * mult[level], config.dropout_p))
+                block.res.append(ResnetBlock(block_in, ch * mult[level], config.dropout_p, config.norm_groups))
                 block_in = ch * mult[level]
                 if lowest:
-                    block.attn.append(AttnBlock(block_in, config.attn_backend))
+                    block.attn.append(AttnBlock(block_in, config.attn_backend, config.norm_groups))
             if level != 0:
                 block.upsample = Upsample(block_in)
             self.conv_blocks.append(block)
-        self.norm_out = _norm(block_in)
+        self.norm_out = _norm(block_in, config.norm_groups)
         self.conv_out = nn.Conv2d(block_in, 3, 3, 1, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
