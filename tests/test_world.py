@@ -166,3 +166,11 @@ def test_tokenizer_loads_with_specials(world_tokenizer):
     assert text.startswith(world_tokenizer.bos_token) and text.endswith("<|assistant|>")
     ids = world_tokenizer("a large red circle in the top left.")["input_ids"]
     assert world_tokenizer.unk_token_id not in ids
+
+
+def test_dense_scenes_ask_valid_questions(tmp_path):
+    config = WorldConfig(min_objects=9, max_objects=9)
+    write_world(tmp_path, {"train": 5, "val": 2, "test": 0}, seed=0, config=config)
+    anns = json.loads((tmp_path / "vqa" / "train_annotations.json").read_text())["annotations"]
+    counts = [a["multiple_choice_answer"] for a in anns if a["question_type"] == "count"]
+    assert counts and all(c.isdigit() for c in counts)

@@ -31,7 +31,6 @@ POSITIONS: dict[tuple[int, int], str] = {
     (2, 0): "bottom left", (2, 1): "bottom", (2, 2): "bottom right",
 }
 QUESTION_TYPES = ("color", "shape", "count", "existence", "position", "size")
-NUMBER_WORDS = {0: "0", 1: "1", 2: "2", 3: "3"}
 SPLITS = ("train", "val", "test")
 CAPTION_TEMPLATES = ("{objects}.", "an image of {objects}.", "a picture with {objects}.")
 
@@ -222,14 +221,14 @@ def _ask(qtype: str, scene: Scene, rng: np.random.Generator, config: WorldConfig
     if qtype == "count":
         kind = int(rng.integers(3))
         if kind == 0:
-            return Question("how many objects are there?", NUMBER_WORDS[len(objs)], qtype)
+            return Question("how many objects are there?", str(len(objs)), qtype)
         if kind == 1:
             color = pick(list(COLORS))
             n = sum(o.color == color for o in objs)
-            return Question(f"how many {color} objects are there?", NUMBER_WORDS[n], qtype)
+            return Question(f"how many {color} objects are there?", str(n), qtype)
         shape = pick(list(SHAPES))
         n = sum(o.shape == shape for o in objs)
-        return Question(f"how many {shape}s are there?", NUMBER_WORDS[n], qtype)
+        return Question(f"how many {shape}s are there?", str(n), qtype)
     if qtype == "existence":
         if rng.random() < 0.5:
             o = pick(objs)
