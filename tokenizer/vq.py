@@ -43,9 +43,9 @@ class VQConfig:
     num_res_blocks: int = 2
     attn_backend: str = "sdpa"
     reconstruction_loss: str = "l2"
-    # not in LlamaGen: every N training steps, codes unused since the last check are
-    # moved onto random encoder outputs of the batch (0 = off). Small data needs it
-    # to escape the one-code collapse of a randomly initialised codebook.
+    # not in LlamaGen: every N training steps, codes unused since the last check are moved
+    # onto encoder outputs of the batch, drawn by quantisation error (0 = off). Small data
+    # needs it to escape the one-code collapse of a randomly initialised codebook.
     codebook_restart_every: int = 0
     # not in LlamaGen (fixed 32 there): GroupNorm groups. With few channels, 32 groups is a
     # per-channel instance norm that erases each image's absolute colour; small presets use fewer.
