@@ -19,7 +19,7 @@ def world_codes(shapes_world, tmp_path_factory):
     return vq_dir, pretokenize_world(shapes_world, vq_dir, tmp_path_factory.mktemp("codes"))
 
 
-@pytest.mark.parametrize("name", ["align", "unified", "sft", "real_unified_zero3"])
+@pytest.mark.parametrize("name", ["align", "unified", "sft", "real_unified_zero3", "real_unified_zero2_7b"])
 def test_packaged_stage_configs_load(name):
     path = packaged_config(f"train/{name}.yaml")
     check_stage(load_config(StageConfig, path), str(path))
