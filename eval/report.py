@@ -545,12 +545,15 @@ def write_report(out_dir: str | Path, options: ReportOptions | None = None) -> P
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="unified-ar report", description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="the demo's output directory (holds metrics.json)")
-    p.add_argument("--markdown", action="store_true", help="also print the README's tables as Markdown")
+    p.add_argument("--markdown", action="store_true",
+                   help="only print the README's tables as Markdown (needs nothing but metrics.json)")
     args = p.parse_args(argv)
     try:
-        path = write_report(args.out)
         if args.markdown:
+            load_metrics(args.out)  # the schema check, with its errors
             print(markdown_tables(json.loads((Path(args.out) / "metrics.json").read_text())))
+            return 0
+        path = write_report(args.out)
     except (FileNotFoundError, ReportError) as e:
         print(f"unified-ar report: {e}", file=sys.stderr)
         return 2

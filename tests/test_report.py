@@ -234,6 +234,8 @@ def test_cli_main_markdown(tmp_path, capsys):
     out = _make_out(tmp_path)
     assert main([str(out), "--markdown"]) == 0
     assert capsys.readouterr().out == EXPECTED_MARKDOWN + "\n"
+    assert not (out / "report.html").exists()  # --markdown only prints the tables
+    assert main([str(out)]) == 0
     assert (out / "report.html").is_file()
     (out / "metrics.json").write_text(json.dumps({"runs": {}}))
     assert main([str(out)]) == 2
