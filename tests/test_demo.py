@@ -68,3 +68,19 @@ def test_demo_bad_override_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="cfg_scal"):
         main(["--fast", "--out", str(tmp_path), "--cfg_scal", "2"])
+
+
+@pytest.mark.slow
+def test_ablation_runs_side_by_side(fast_demo):
+    """--comprehension-features both adds the raw-VQ-codes run on the same directory; the
+    finished TokLIP stages are reused and the report shows both columns."""
+    from unified_ar import cli
+    from unified_ar.eval.report import markdown_tables
+
+    assert cli.main(["demo", "--fast", "--out", str(fast_demo), "--comprehension-features", "both"]) == 0
+    metrics = json.loads((fast_demo / "metrics.json").read_text())
+    assert set(metrics["runs"]) == {"toklip", "vq"}
+    saved = json.loads((fast_demo / "runs" / "vq" / "unified" / "export" / "unified_config.json").read_text())
+    assert saved["comprehension_features"] == "vq"
+    assert "| question type | toklip | vq |" in markdown_tables(metrics)
+    Image.open(fast_demo / "figures" / "grid_vq.png").verify()
