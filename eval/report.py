@@ -59,18 +59,10 @@ class ShapesScores:
 
 
 @dataclass
-class T2IScores:
+class T2IScores(ShapesScores):
     """ShapesEval of a run's generated images, and the guidance scale they were sampled with."""
 
-    color: float
-    shape: float
-    size: float
-    position: float
-    count: float
-    exact: float
-    cfg_scale: float
-    num_images: int | None = None
-    num_objects: int | None = None
+    cfg_scale: float = field(kw_only=True)  # required: no default, after the inherited defaults
 
 
 @dataclass

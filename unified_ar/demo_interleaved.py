@@ -24,14 +24,14 @@ def detected_scene(image: np.ndarray, world):
 
 
 def stage_interleaved(config: DemoConfig, out: Path, variant: str) -> dict:
+    from unified_ar.eval.t2i import read_prompts
     from unified_ar.modeling import UnifiedARModel
     from unified_ar.sampling import ImageSamplingConfig, answer_questions, generate_images
     from unified_ar.train.shapes.world import questions
 
     run = out / "runs" / variant
     model = UnifiedARModel.from_pretrained(run / "unified" / "export").eval()
-    prompts = [json.loads(line) for line in (out / "world" / "t2i_prompts_val.jsonl").read_text().splitlines()]
-    prompts = prompts[: config.interleaved_prompts]
+    prompts = read_prompts(out / "world" / "t2i_prompts_val.jsonl")[: config.interleaved_prompts]
     samples = generate_images(model, [p["prompt"] for p in prompts], seeds=[config.seed + p["index"] for p in prompts],
                               cfg=ImageSamplingConfig(guidance_scale=config.cfg_scale))
     rng = np.random.default_rng(config.seed)

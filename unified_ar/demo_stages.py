@@ -51,6 +51,7 @@ def stage_recon(config: DemoConfig, out: Path) -> dict:
 
     from unified_ar.eval.shapes_eval import evaluate_images
     from unified_ar.eval.t2i import image_name
+    from unified_ar.tokenizer.transforms import to_tensor, to_uint8
     from unified_ar.tokenizer.vq import VQModel
 
     vq = VQModel.from_pretrained(out / "vq" / "export").eval()
@@ -61,10 +62,8 @@ def stage_recon(config: DemoConfig, out: Path) -> dict:
     for start in range(0, len(rows), 32):
         chunk = rows[start:start + 32]
         pixels = np.stack([np.asarray(Image.open(out / "world" / r["image"]).convert("RGB")) for r in chunk])
-        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         with torch.inference_mode():
-            y = vq.decode(vq.encode(x))
-        y = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            y = to_uint8(vq.decode(vq.encode(torch.stack([to_tensor(p) for p in pixels]))))
         for k, (orig, rec) in enumerate(zip(pixels, y)):
             name = image_name(start + k)
             Image.fromarray(orig).save(out / "recon" / "originals" / name)

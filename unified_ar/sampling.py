@@ -19,6 +19,7 @@ from PIL import Image
 
 from unified_ar.llm import max_context
 from unified_ar.sequences import chat_prompt, generation_prompt
+from unified_ar.tokenizer.transforms import to_uint8
 
 VQA_TEMPLATE = "<image>\n{question}"  # as the Shapes world's LLaVA conversations place the image
 
@@ -232,8 +233,7 @@ def micro_batch_size(model, batch: int, tokens: int, cfg: ImageSamplingConfig) -
 
 def codes_to_pil(model, codes: torch.Tensor) -> list[Image.Image]:
     """codes [B,h,w] -> decoded PIL RGB images."""
-    pixels = model.vq.decode(codes.to(model.device))
-    arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arr = to_uint8(model.vq.decode(codes.to(model.device)))
     return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
 
 
