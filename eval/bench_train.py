@@ -1,12 +1,15 @@
 """Training throughput of the engine against a plain PyTorch AdamW loop, and packing efficiency.
 
     python -m unified_ar.eval.bench_train [--steps 10] [--rounds 16] [--batch 16] [--seq 64] [--max-length 256 512]
+    python -m unified_ar.eval.bench_train --vq-precision [--threads 2] [--rounds 6]
 
 Both loops train the same model (the demo's LLM shape: Llama, hidden 128, 3 layers)
 on the same batch with the same AdamW, schedule and clipping; rounds alternate
 between them so that drift of a shared 2-core machine hits both alike. Prints
 tokens/s of each, their ratio (target >= 0.9 at ZeRO-0 on one rank) and the
 non-padding fraction of Shapes-world batches with and without packing (target >= 0.95).
+``--vq-precision`` instead times VQ-shapes training steps (batch 8, 96 px) through the engine
+at ``precision: fp32`` and ``autocast_bf16``, alternating, and prints their ratio.
 """
 from __future__ import annotations
 
@@ -102,6 +105,29 @@ def throughput(args: argparse.Namespace) -> tuple[float, float, float]:
     return tokens / statistics.median(plain), tokens / statistics.median(ours), ratio
 
 
+def vq_precision(args: argparse.Namespace) -> tuple[float, float]:
+    """(fp32 s/step, autocast_bf16 s/step) of VQ-shapes training through the engine (medians of
+    ``--rounds`` alternating rounds of ``--steps`` steps; batch 8 of random 96 px images)."""
+    from unified_ar.tokenizer.vq import VQ_PRESETS, VQModel
+    from unified_ar.train.config import TrainConfig
+    from unified_ar.train.engine import build_engine
+
+    pixels = torch.rand(8, 3, 96, 96, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    batch = {"pixels": pixels}
+    engines = {}
+    for precision in ("fp32", "autocast_bf16"):
+        torch.manual_seed(0)
+        config = TrainConfig(max_steps=10**6, micro_batch_size=8, lr=1e-3, warmup_steps=10, zero_stage=0,
+                             precision=precision, progress_bar=False)
+        engines[precision] = build_engine(VQModel(VQ_PRESETS["VQ-shapes"]).train(), config)
+        engine_loop(engines[precision], batch, 3)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for i in range(args.rounds):
+        for name in (list(engines) if i % 2 == 0 else list(reversed(engines))):
+            times[name].append(engine_loop(engines[name], batch, args.steps))
+    return statistics.median(times["fp32"]), statistics.median(times["autocast_bf16"])
+
+
 def padding_efficiency(args: argparse.Namespace) -> tuple[dict[int, float], float]:
     """Non-padding fraction of Shapes-world micro-batches (50/50 captions and VQA conversations,
     36 codes per image as in the demo): ({row length: packed}, one sample per row)."""
@@ -159,8 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, nargs="+", default=[256, 512], help="packed row lengths")
     parser.add_argument("--rows", type=int, default=8, help="rows per packed micro-batch")
     parser.add_argument("--batches", type=int, default=50)
+    parser.add_argument("--vq-precision", action="store_true", help="time VQ-shapes steps, fp32 vs autocast_bf16")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.vq_precision:
+        fp32, bf16 = vq_precision(args)
+        print(f"VQ-shapes training step, batch 8 x 96 px, engine ZeRO-0, {args.threads} thread(s):")
+        print(f"  fp32:          {fp32:.3f} s/step")
+        print(f"  autocast_bf16: {bf16:.3f} s/step")
+        print(f"  speed-up:      {fp32 / bf16:.2f}x (medians of {args.rounds} alternating rounds)")
+        return 0
     plain, ours, ratio = throughput(args)
     print(f"model: Llama hidden 128 x 3 layers, vocab {args.vocab}; batch {args.batch} x {args.seq}; "
           f"{args.threads} thread(s); fp32 CPU; ZeRO-0, 1 rank")

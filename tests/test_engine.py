@@ -113,3 +113,21 @@ def test_data_that_stops_yielding_is_a_clear_error(tmp_path):
 
     with pytest.raises(RuntimeError, match="TwoBatches.iter_from stopped yielding at data position 2"):
         train(TinyLM(), TwoBatches(), _config(export_final=False), tmp_path)
+
+
+def test_autocast_precision_trains_and_step_dependent_models_get_global_step(tmp_path):
+    from unified_ar.train.loop import train
+
+    class StepAware(TinyLM):
+        takes_global_step = True
+        seen: list = []
+
+        def forward(self, batch):
+            StepAware.seen.append((batch["global_step"], torch.is_autocast_enabled("cpu")))
+            return super().forward({k: v for k, v in batch.items() if k != "global_step"})
+
+    torch.manual_seed(0)
+    data = MapBatches(PatternData(), collate_pattern, micro_batch_size=8, seed=0)
+    result = train(StepAware(), data, _config(precision="autocast_bf16", export_final=False), tmp_path)
+    assert result.losses[-1] < 0.5 * result.losses[0]
+    assert StepAware.seen == [(step, True) for step in range(12)]

@@ -157,6 +157,30 @@ def test_training_forward_losses_and_usage():
     assert not torch.equal(before, model.quantize.embedding.weight)
 
 
+def test_foreground_mask_and_decaying_weight():
+    from unified_ar.tokenizer.vq import foreground_mask
+
+    pixels = -torch.ones(2, 3, 32, 32)
+    pixels[0, 0, 4:10, 4:10] = 1.0  # a red square on black
+    pixels[1] = 0.5  # a flat grey image has no foreground
+    mask = foreground_mask(pixels)
+    assert mask.shape == (2, 1, 32, 32) and mask[0].sum() == 36 and mask[0, 0, 4:10, 4:10].all()
+    assert mask[1].sum() == 0
+
+    torch.manual_seed(0)
+    model = VQModel(replace(VQ_PRESETS["VQ-shapes"], foreground_loss_weight=10.0, foreground_loss_steps=100))
+    assert model.takes_global_step
+    assert [model.foreground_weight(s) for s in (0, 50, 100, 150)] == [10.0, 5.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="global_step"):
+        model.train()({"pixels": pixels})
+    weighted = model({"pixels": pixels, "global_step": 0})
+    plain = model({"pixels": pixels, "global_step": 100})
+    assert weighted.metrics["foreground_weight"] == 10.0 and "foreground_weight" not in plain.metrics
+    assert weighted.metrics["recon_loss"] > plain.metrics["recon_loss"]
+    with pytest.raises(ValueError, match="foreground"):
+        VQConfig(foreground_loss_weight=-1.0)
+
+
 def test_save_and_from_pretrained_roundtrip(tmp_path):
     torch.manual_seed(0)
     model = VQModel(VQ_PRESETS["VQ-shapes"]).eval()

@@ -11,13 +11,19 @@ import torch
 import torch.nn.functional as F
 
 
-def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "l2") -> torch.Tensor:
-    """Mean pixel loss between [B,3,H,W] tensors; ``kind`` is ``"l2"`` or ``"l1"``."""
-    if kind == "l2":
-        return F.mse_loss(recon, target)
-    if kind == "l1":
-        return F.l1_loss(recon, target)
-    raise ValueError(f"reconstruction loss kind must be 'l2' or 'l1', got {kind!r}")
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "l2",
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean pixel loss between [B,3,H,W] tensors; ``kind`` is ``"l2"`` or ``"l1"``.
+
+    With ``mask`` ([B,1,H,W], 0/1) the loss of masked-out pixels counts as 0, still divided by
+    every pixel (so the term's scale is the masked pixels' share of the full loss)."""
+    if kind not in ("l2", "l1"):
+        raise ValueError(f"reconstruction loss kind must be 'l2' or 'l1', got {kind!r}")
+    diff = (recon.float() - target.float())
+    per_pixel = diff.pow(2) if kind == "l2" else diff.abs()
+    if mask is not None:
+        per_pixel = per_pixel * mask
+    return per_pixel.mean()
 
 
 def codebook_losses(z: torch.Tensor, z_q: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,6 +50,13 @@ class VQConfig:
     # not in LlamaGen (fixed 32 there): GroupNorm groups. With few channels, 32 groups is a
     # per-channel instance norm that erases each image's absolute colour; small presets use fewer.
     norm_groups: int = NORM_GROUPS
+    # not in LlamaGen: extra reconstruction weight on foreground pixels (colour differs from the
+    # image's per-channel median, its background), decaying linearly to 0 at step
+    # `foreground_loss_steps` (0: constant). On mostly-empty images a plain pixel loss first
+    # learns brightness only (red, green and blue decode to one grey) and leaves that plateau
+    # slowly; this weight breaks it (docs/TOKENIZER.md). 0 = off, as in LlamaGen.
+    foreground_loss_weight: float = 0.0
+    foreground_loss_steps: int = 0
 
     def __post_init__(self):
         if len(self.encoder_ch_mult) != len(self.decoder_ch_mult):
@@ -59,6 +66,8 @@ class VQConfig:
                 if (self.ch * m) % self.norm_groups:
                     raise ValueError(f"{name}: ch*mult = {self.ch * m} is not a multiple of "
                                      f"norm_groups = {self.norm_groups} (GroupNorm)")
+        if self.foreground_loss_weight < 0 or self.foreground_loss_steps < 0:
+            raise ValueError("foreground_loss_weight and foreground_loss_steps must be >= 0")
         if self.reconstruction_loss not in ("l2", "l1"):
             raise ValueError(f"reconstruction_loss must be 'l2' or 'l1', got {self.reconstruction_loss!r}")
 
@@ -75,7 +84,7 @@ VQ_PRESETS: dict[str, VQConfig] = {
     # Equals configs/vq/shapes.yaml.
     "VQ-shapes": VQConfig(codebook_size=256, codebook_embed_dim=8, z_channels=64, ch=32, num_res_blocks=0,
                           encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4],
-                          codebook_restart_every=20),
+                          codebook_restart_every=20, foreground_loss_weight=10.0, foreground_loss_steps=1400),
 }
 
 
@@ -261,7 +270,7 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """z [B,dim,h,w] -> (z normalised [B,h,w,dim], z_q [B,h,w,dim], codes [B,h,w], distances [M,K])."""
-        z = z.permute(0, 2, 3, 1)
+        z = z.permute(0, 2, 3, 1).float()  # nearest-code search in fp32, also under bf16 autocast
         if self.config.codebook_l2_norm:
             z = F.normalize(z, dim=-1)
         emb = self.codebook()
@@ -288,7 +297,7 @@ class VectorQuantizer(nn.Module):
             return 0
         dead = (self.hits == 0).nonzero().flatten()
         if dead.numel():
-            flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+            flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1]).to(self.embedding.weight.dtype)
             if self.config.codebook_l2_norm:
                 flat = F.normalize(flat, dim=-1)
             error = torch.cdist(flat, self.codebook()).min(dim=1).values.pow(2) + 1e-12
@@ -359,11 +368,27 @@ class VQModel(nn.Module):
         """codes [B,h,w] long -> pixels [B,3,h*f,w*f] (unclamped, ~[-1,1])."""
         return self.decode_latent(self.code_embeddings(codes))
 
+    @property
+    def takes_global_step(self) -> bool:
+        """The training engine passes ``global_step`` in the batch (the foreground weight decays)."""
+        return self.config.foreground_loss_weight > 0 and self.config.foreground_loss_steps > 0
+
+    def foreground_weight(self, global_step: int | None) -> float:
+        """The foreground loss weight at ``global_step`` (linear decay to 0, or constant)."""
+        cfg = self.config
+        if cfg.foreground_loss_steps == 0:
+            return cfg.foreground_loss_weight
+        if global_step is None:
+            raise ValueError("foreground_loss_steps > 0 needs the batch's global_step (the training engine passes it)")
+        return cfg.foreground_loss_weight * max(0.0, 1.0 - global_step / cfg.foreground_loss_steps)
+
     def forward(self, pixels: torch.Tensor | dict) -> VQOutput:
-        """Reconstruct ``pixels`` [B,3,H,W] (or a batch dict holding them under "pixels", as the
-        training engine passes it); in training mode also the VQ losses and their parts."""
+        """Reconstruct ``pixels`` [B,3,H,W] (or a batch dict holding them under "pixels", and
+        ``global_step`` when :attr:`takes_global_step`, as the training engine passes it); in
+        training mode also the VQ losses and their parts."""
+        global_step = None
         if isinstance(pixels, dict):
-            pixels = pixels["pixels"]
+            pixels, global_step = pixels["pixels"], pixels.get("global_step")
         z, z_q, codes, dist, restarted = self._latent(pixels, restart=self.training)
         z_st = z + (z_q - z).detach()  # straight-through gradient to the encoder
         recon = self.decode_latent(z_st.permute(0, 3, 1, 2))
@@ -372,6 +397,11 @@ class VQModel(nn.Module):
             return VQOutput(None, recon, codes, metrics)
         cfg = self.config
         rec = reconstruction_loss(recon, pixels, cfg.reconstruction_loss)
+        weight = self.foreground_weight(global_step) if cfg.foreground_loss_weight > 0 else 0.0
+        if weight > 0:
+            rec = rec + weight * reconstruction_loss(recon, pixels, cfg.reconstruction_loss,
+                                                     mask=foreground_mask(pixels))
+            metrics["foreground_weight"] = weight
         codebook, commit = codebook_losses(z, z_q, cfg.commit_loss_beta)
         loss = rec + codebook + commit
         if cfg.entropy_loss_ratio > 0:
@@ -415,6 +445,14 @@ class VQModel(nn.Module):
         model = cls(replace(config, **overrides))
         load_strict(model, state, str(path))
         return model.eval()
+
+
+def foreground_mask(pixels: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """[B,1,H,W] float: 1 where a pixel's colour differs (by > ``threshold`` in [-1,1] units in
+    some channel) from its image's per-channel median colour, the background of a mostly-empty
+    image."""
+    background = pixels.flatten(2).median(dim=2).values[:, :, None, None]
+    return ((pixels - background).abs().amax(dim=1, keepdim=True) > threshold).to(pixels.dtype)
 
 
 def preset_config(presets: dict, name: str, **overrides):

@@ -34,7 +34,10 @@ class TrainConfig:
     zero_stage: int = 0
     offload_optimizer: bool = False  # ZeRO >= 1: optimizer states and step on the CPU (DeepSpeedCPUAdam)
     offload_params: bool = False  # ZeRO-3 only: parameters live on the CPU
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # auto: bf16 on GPU, fp32 on CPU. bf16: DeepSpeed's bf16 (bf16 weights, fp32 master copy).
+    # autocast_bf16: fp32 weights and optimiser, forward under torch.autocast(bf16) -- the fast
+    # path on CPUs with AMX / AVX512-BF16 (1.5x per VQ-shapes step here, docs/TRAINING.md).
+    precision: Literal["auto", "fp32", "bf16", "autocast_bf16"] = "auto"
     gradient_checkpointing: bool = False
     # Which parameters train: empty `trainable` = every parameter that requires grad;
     # otherwise only names starting with one of these prefixes. `frozen` prefixes are then removed.
