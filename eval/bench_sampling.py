@@ -10,10 +10,13 @@ forward with their own cache) and a logits processor that allows only image ids,
 samples what ours samples. The no-cache baseline at 256 tokens and ~100M parameters would
 take most of an hour on 2 cores; ``--nocache-stride k`` times every k-th decoding step and
 integrates (a step's cost depends only on the sequence length), which the output marks.
+``--rounds r`` times every method r times, alternating the order between rounds (ABBA), and
+reports each method's median, so that drift of a shared machine hits all methods alike.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -135,7 +138,8 @@ def time_nocache(model, batch: int, stride: int) -> float:
     return total
 
 
-def run(presets: list[str], token_counts: list[int], batch: int, stride_100m: int, threads: int) -> list[Row]:
+def run(presets: list[str], token_counts: list[int], batch: int, stride_100m: int, threads: int,
+        rounds: int = 1) -> list[Row]:
     torch.set_num_threads(threads)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,14 +149,19 @@ def run(presets: list[str], token_counts: list[int], batch: int, stride_100m: in
                 model = build(preset, grid, Path(tmp))
                 time_ours(model, 1, "static")  # warm-up (allocator, first-call overheads)
                 stride = stride_100m if (preset != "tiny" and tokens > 64) else 1
-                for method, fn in (("ours (static cache)", lambda: time_ours(model, batch, "static")),
-                                   ("ours (dynamic cache)", lambda: time_ours(model, batch, "dynamic")),
-                                   ("generate() + CFG", lambda: time_generate(model, batch)),
-                                   ("ours, no KV cache", lambda: time_nocache(model, batch, stride))):
+                methods = {"ours (static cache)": lambda: time_ours(model, batch, "static"),
+                           "ours (dynamic cache)": lambda: time_ours(model, batch, "dynamic"),
+                           "generate() + CFG": lambda: time_generate(model, batch),
+                           "ours, no KV cache": lambda: time_nocache(model, batch, stride)}
+                times: dict[str, list[float]] = {m: [] for m in methods}
+                for r in range(rounds):
+                    for method in (list(methods) if r % 2 == 0 else list(reversed(methods))):
+                        times[method].append(methods[method]())
+                for method, seconds in times.items():
                     note = f"every {stride}th step timed" if method.endswith("no KV cache") and stride > 1 else ""
-                    rows.append(Row(preset, tokens, method, fn(), note))
-                    print(f"{preset:>5} {tokens:>4} {method:<22} {rows[-1].rate(batch):9.1f} image tok/s {note}",
-                          flush=True)
+                    rows.append(Row(preset, tokens, method, statistics.median(seconds), note))
+                    print(f"{preset:>5} {tokens:>4} {method:<22} {rows[-1].rate(batch):9.1f} image tok/s {note} "
+                          f"(rounds: {', '.join(f'{batch * tokens / t:.1f}' for t in seconds)})", flush=True)
     return rows
 
 
@@ -178,12 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--nocache-stride", type=int, default=16, help="for non-tiny presets above 64 tokens")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1, help="times per method, alternating order; medians reported")
     args = p.parse_args(argv)
     for t in args.tokens:
         if int(round(t ** 0.5)) ** 2 != t:
             raise SystemExit(f"--tokens {t}: must be a square (an h x w grid)")
-    rows = run(args.presets, args.tokens, args.batch, args.nocache_stride, args.threads)
-    print(f"\nbatch {args.batch}, CFG 3.0, torch threads {args.threads}, {torch.__version__}")
+    rows = run(args.presets, args.tokens, args.batch, args.nocache_stride, args.threads, args.rounds)
+    print(f"\nbatch {args.batch}, CFG 3.0, torch threads {args.threads}, {args.rounds} round(s), {torch.__version__}")
     print(report(rows, args.batch))
     return 0
 

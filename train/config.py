@@ -36,7 +36,7 @@ class TrainConfig:
     offload_params: bool = False  # ZeRO-3 only: parameters live on the CPU
     # auto: bf16 on GPU, fp32 on CPU. bf16: DeepSpeed's bf16 (bf16 weights, fp32 master copy).
     # autocast_bf16: fp32 weights and optimiser, forward under torch.autocast(bf16) -- the fast
-    # path on CPUs with AMX / AVX512-BF16 (1.5x per VQ-shapes step here, docs/TRAINING.md).
+    # path on CPUs with AMX / AVX512-BF16 (1.8x per VQ-shapes step here, docs/TRAINING.md).
     precision: Literal["auto", "fp32", "bf16", "autocast_bf16"] = "auto"
     gradient_checkpointing: bool = False
     # Which parameters train: empty `trainable` = every parameter that requires grad;
