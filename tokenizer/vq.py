@@ -84,7 +84,7 @@ VQ_PRESETS: dict[str, VQConfig] = {
     # Equals configs/vq/shapes.yaml.
     "VQ-shapes": VQConfig(codebook_size=256, codebook_embed_dim=8, z_channels=64, ch=32, num_res_blocks=0,
                           encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4],
-                          codebook_restart_every=20, foreground_loss_weight=10.0, foreground_loss_steps=1400),
+                          codebook_restart_every=20, foreground_loss_weight=30.0, foreground_loss_steps=1400),
 }
 
 
