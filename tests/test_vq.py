@@ -146,13 +146,13 @@ def test_training_forward_losses_and_usage():
     cfg = replace(VQ_PRESETS["VQ-shapes"], entropy_loss_ratio=0.1, codebook_restart_every=1)
     model = VQModel(cfg).train()
     pixels = torch.rand(2, 3, 32, 32) * 2 - 1
-    out = model(pixels)
+    out = model({"pixels": pixels, "global_step": 0})  # the preset's foreground weight decays with the step
     for key in ("recon_loss", "codebook_loss", "commit_loss", "entropy_loss", "codebook_usage", "psnr"):
         assert key in out.metrics
     out.loss.backward()
     assert model.encoder.conv_in.weight.grad is not None and model.quantize.embedding.weight.grad is not None
     before = model.quantize.embedding.weight.detach().clone()
-    out2 = model(pixels)  # restart check is due: unused codes move onto encoder outputs
+    out2 = model({"pixels": pixels, "global_step": 1})  # restart check is due: unused codes move onto encoder outputs
     assert out2.metrics["codes_restarted"] > 0
     assert not torch.equal(before, model.quantize.embedding.weight)
 
