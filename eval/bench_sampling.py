@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from unified_ar.eval.timing import alternating_rounds
 from unified_ar.sampling import (
     ImageSamplingConfig, decode_one_token, generate_images, left_pad, prefill,
 )
@@ -153,11 +154,7 @@ def run(presets: list[str], token_counts: list[int], batch: int, stride_100m: in
                            "ours (dynamic cache)": lambda: time_ours(model, batch, "dynamic"),
                            "generate() + CFG": lambda: time_generate(model, batch),
                            "ours, no KV cache": lambda: time_nocache(model, batch, stride)}
-                times: dict[str, list[float]] = {m: [] for m in methods}
-                for r in range(rounds):
-                    for method in (list(methods) if r % 2 == 0 else list(reversed(methods))):
-                        times[method].append(methods[method]())
-                for method, seconds in times.items():
+                for method, seconds in alternating_rounds(methods, rounds).items():
                     note = f"every {stride}th step timed" if method.endswith("no KV cache") and stride > 1 else ""
                     rows.append(Row(preset, tokens, method, statistics.median(seconds), note))
                     print(f"{preset:>5} {tokens:>4} {method:<22} {rows[-1].rate(batch):9.1f} image tok/s {note} "

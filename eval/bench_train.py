@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from unified_ar.eval.timing import alternating_rounds
+
 
 @dataclass
 class _Output:
@@ -92,14 +94,9 @@ def throughput(args: argparse.Namespace) -> tuple[float, float, float]:
     engine = build_engine(copy.deepcopy(plain_model), config)
     plain_loop(plain_model, config, batch, 5)
     engine_loop(engine, batch, 5)
-    plain, ours = [], []
-    for i in range(args.rounds):
-        if i % 2 == 0:
-            plain.append(plain_loop(plain_model, config, batch, args.steps))
-            ours.append(engine_loop(engine, batch, args.steps))
-        else:
-            ours.append(engine_loop(engine, batch, args.steps))
-            plain.append(plain_loop(plain_model, config, batch, args.steps))
+    times = alternating_rounds({"plain": lambda: plain_loop(plain_model, config, batch, args.steps),
+                                "engine": lambda: engine_loop(engine, batch, args.steps)}, args.rounds)
+    plain, ours = times["plain"], times["engine"]
     tokens = args.batch * args.seq
     ratio = statistics.median(p / o for p, o in zip(plain, ours))
     return tokens / statistics.median(plain), tokens / statistics.median(ours), ratio
@@ -121,10 +118,8 @@ def vq_precision(args: argparse.Namespace) -> tuple[float, float]:
                              precision=precision, progress_bar=False)
         engines[precision] = build_engine(VQModel(VQ_PRESETS["VQ-shapes"]).train(), config)
         engine_loop(engines[precision], batch, 3)
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    for i in range(args.rounds):
-        for name in (list(engines) if i % 2 == 0 else list(reversed(engines))):
-            times[name].append(engine_loop(engines[name], batch, args.steps))
+    times = alternating_rounds({name: (lambda e=e: engine_loop(e, batch, args.steps)) for name, e in engines.items()},
+                               args.rounds)
     return statistics.median(times["fp32"]), statistics.median(times["autocast_bf16"])
 
 

@@ -12,17 +12,16 @@ import torch.nn.functional as F
 
 
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "l2",
-                        mask: torch.Tensor | None = None) -> torch.Tensor:
+                        weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean pixel loss between [B,3,H,W] tensors; ``kind`` is ``"l2"`` or ``"l1"``.
 
-    With ``mask`` ([B,1,H,W], 0/1) the loss of masked-out pixels counts as 0, still divided by
-    every pixel (so the term's scale is the masked pixels' share of the full loss)."""
+    ``weight`` ([B,1,H,W]) multiplies each pixel's loss before the mean over all pixels."""
     if kind not in ("l2", "l1"):
         raise ValueError(f"reconstruction loss kind must be 'l2' or 'l1', got {kind!r}")
-    diff = (recon.float() - target.float())
+    diff = recon.float() - target.float()
     per_pixel = diff.pow(2) if kind == "l2" else diff.abs()
-    if mask is not None:
-        per_pixel = per_pixel * mask
+    if weight is not None:
+        per_pixel = per_pixel * weight
     return per_pixel.mean()
 
 

@@ -376,7 +376,7 @@ class VQModel(nn.Module):
     def foreground_weight(self, global_step: int | None) -> float:
         """The foreground loss weight at ``global_step`` (linear decay to 0, or constant)."""
         cfg = self.config
-        if cfg.foreground_loss_steps == 0:
+        if cfg.foreground_loss_weight == 0 or cfg.foreground_loss_steps == 0:
             return cfg.foreground_loss_weight
         if global_step is None:
             raise ValueError("foreground_loss_steps > 0 needs the batch's global_step (the training engine passes it)")
@@ -396,12 +396,12 @@ class VQModel(nn.Module):
         if not self.training:
             return VQOutput(None, recon, codes, metrics)
         cfg = self.config
-        rec = reconstruction_loss(recon, pixels, cfg.reconstruction_loss)
-        weight = self.foreground_weight(global_step) if cfg.foreground_loss_weight > 0 else 0.0
-        if weight > 0:
-            rec = rec + weight * reconstruction_loss(recon, pixels, cfg.reconstruction_loss,
-                                                     mask=foreground_mask(pixels))
+        weight = self.foreground_weight(global_step)
+        pixel_weight = None
+        if weight > 0:  # plain loss + weight x foreground loss, as one weighted mean
+            pixel_weight = 1.0 + weight * foreground_mask(pixels)
             metrics["foreground_weight"] = weight
+        rec = reconstruction_loss(recon, pixels, cfg.reconstruction_loss, weight=pixel_weight)
         codebook, commit = codebook_losses(z, z_q, cfg.commit_loss_beta)
         loss = rec + codebook + commit
         if cfg.entropy_loss_ratio > 0:

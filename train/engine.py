@@ -212,6 +212,9 @@ class Engine:
         self._params = [p for _, p in trainable]
         self._own_clip = config.zero_stage == 0 and not use_bf16(config)
         self.autocast = config.precision == "autocast_bf16"
+        # step-dependent losses get the optimiser step in the batch (LlamaGen's VQ loss takes
+        # global_step the same way)
+        self._pass_global_step = bool(getattr(ds_engine.module, "takes_global_step", False))
         self._grad_norm: torch.Tensor | float | None = None
         if world_size == 1 and config.zero_stage == 0:
             # One rank has nothing to reduce; DeepSpeed would still flatten and copy every gradient.
@@ -248,8 +251,7 @@ class Engine:
         A non-finite loss (on any rank) skips the micro-batch on every rank: no
         backward, no step, and the accumulation boundary moves to the next batch."""
         batch = self.to_device(batch)
-        if getattr(self.module, "takes_global_step", False):
-            # step-dependent losses (LlamaGen's VQ loss takes global_step the same way)
+        if self._pass_global_step:
             batch = {**batch, "global_step": self.global_step}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             output = self.ds(batch)
