@@ -1,4 +1,5 @@
-"""Text-to-image sampling speed on CPU: image tokens/s for ours (static and dynamic KV cache),
+"""Text-to-image sampling speed on CPU: image tokens/s for ours (with the preallocated KV cache, the
+default, and with transformers' static and dynamic caches),
 the same LLM through ``transformers`` ``generate()`` with classifier-free guidance, and ours
 recomputing the whole sequence every step (no KV cache). Ratios come from one run.
 
@@ -121,16 +122,15 @@ def time_nocache(model, batch: int, stride: int) -> float:
     ids, mask = left_pad(cond + uncond, model.layout.pad_id)
     n = model.num_image_tokens
     start = time.perf_counter()
-    logits, state = prefill(model, model.embed(ids), mask, "none")
+    logits, state = prefill(model, model.embed(ids), mask, "none", n)
     total = time.perf_counter() - start
     step_ids = torch.full((2 * batch, 1), model.layout.code_offset)
     timed = {}
     for t in range(0, n - 1, stride):
         # a state holding t generated tokens, then one timed step
         pad = model.gen_embeds(step_ids, None).expand(-1, t, -1) if t else None
-        s = state if t == 0 else type(state)(None, torch.nn.functional.pad(mask, (0, t), value=1),
-                                               state.position_ids + t, state.length + t, False,
-                                               torch.cat([state.embeds, pad], 1))
+        s = state if t == 0 else type(state)(None, state.attention_mask, state.position_ids + t,
+                                               state.length + t, False, torch.cat([state.embeds, pad], 1))
         begin = time.perf_counter()
         decode_one_token(model, model.gen_embeds(step_ids, None), s)
         timed[t] = time.perf_counter() - begin
@@ -148,30 +148,33 @@ def run(presets: list[str], token_counts: list[int], batch: int, stride_100m: in
             for tokens in token_counts:
                 grid = int(round(tokens ** 0.5))
                 model = build(preset, grid, Path(tmp))
-                time_ours(model, 1, "static")  # warm-up (allocator, first-call overheads)
+                time_ours(model, 1, "preallocated")  # warm-up (allocator, first-call overheads)
                 stride = stride_100m if (preset != "tiny" and tokens > 64) else 1
-                methods = {"ours (static cache)": lambda: time_ours(model, batch, "static"),
+                methods = {"ours (preallocated cache)": lambda: time_ours(model, batch, "preallocated"),
+                           "ours (static cache)": lambda: time_ours(model, batch, "static"),
                            "ours (dynamic cache)": lambda: time_ours(model, batch, "dynamic"),
                            "generate() + CFG": lambda: time_generate(model, batch),
                            "ours, no KV cache": lambda: time_nocache(model, batch, stride)}
                 for method, seconds in alternating_rounds(methods, rounds).items():
                     note = f"every {stride}th step timed" if method.endswith("no KV cache") and stride > 1 else ""
                     rows.append(Row(preset, tokens, method, statistics.median(seconds), note))
-                    print(f"{preset:>5} {tokens:>4} {method:<22} {rows[-1].rate(batch):9.1f} image tok/s {note} "
+                    print(f"{preset:>5} {tokens:>4} {method:<26} {rows[-1].rate(batch):9.1f} image tok/s {note} "
                           f"(rounds: {', '.join(f'{batch * tokens / t:.1f}' for t in seconds)})", flush=True)
     return rows
 
 
 def report(rows: list[Row], batch: int) -> str:
-    lines = ["| LLM preset | image tokens | ours static (tok/s) | ours dynamic | generate() + CFG | no KV cache "
-             "| ours / generate() | ours / no-cache |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| LLM preset | image tokens | ours, preallocated cache (default; tok/s) | ours, static | ours, dynamic "
+             "| generate() + CFG | no KV cache | ours / generate() | ours / no-cache |",
+             "|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r.preset, r.tokens) for r in rows}, key=lambda k: (k[0] != "tiny", k[1]))
     for preset, tokens in keys:
         got = {r.method: r for r in rows if (r.preset, r.tokens) == (preset, tokens)}
-        ours, dyn = got["ours (static cache)"], got["ours (dynamic cache)"]
+        ours, static, dyn = (got[f"ours ({c} cache)"] for c in ("preallocated", "static", "dynamic"))
         gen, nc = got["generate() + CFG"], got["ours, no KV cache"]
         mark = "*" if nc.note else ""
-        lines.append(f"| {preset} | {tokens} | {ours.rate(batch):.1f} | {dyn.rate(batch):.1f} | {gen.rate(batch):.1f} "
+        lines.append(f"| {preset} | {tokens} | {ours.rate(batch):.1f} | {static.rate(batch):.1f} | {dyn.rate(batch):.1f} "
+                     f"| {gen.rate(batch):.1f} "
                      f"| {nc.rate(batch):.1f}{mark} | {gen.seconds / ours.seconds:.2f}x "
                      f"| {nc.seconds / ours.seconds:.2f}x{mark} |")
     return "\n".join(lines)

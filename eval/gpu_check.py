@@ -101,7 +101,7 @@ def check_sampling_speed(tokenizer, batch: int, tokens: int, backend: str) -> No
     grid = int(round(tokens ** 0.5))
     model = _model(tokenizer, "1b", backend, 16 * grid, "VQ-16").eval()
     captions = (CAPTIONS * (batch // len(CAPTIONS) + 1))[:batch]
-    for cache in ("static", "dynamic"):
+    for cache in ("preallocated", "static", "dynamic"):
         cfg = ImageSamplingConfig(guidance_scale=3.0, cache=cache, decode_images=False)
         generate_images(model, captions[:1], cfg=cfg)  # warm-up
         torch.cuda.synchronize()

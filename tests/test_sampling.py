@@ -6,7 +6,7 @@ import torch
 
 from unified_ar.sampling import (
     ImageSamplingConfig, TextSamplingConfig, answer_questions, filter_logits, generate_images, generate_text,
-    guidance_at, micro_batch_size,
+    guidance_at, micro_batch_size, make_generators, prefill, sample_tokens,
 )
 from unified_ar.sequences import chat_prompt
 from unified_helpers import randomize_, tiny_model
@@ -21,7 +21,7 @@ def model(tmp_path_factory):
     return m
 
 
-@pytest.mark.parametrize("cache", ["static", "dynamic"])
+@pytest.mark.parametrize("cache", ["preallocated", "static", "dynamic"])
 def test_greedy_with_cache_equals_recompute(model, cache):
     kw = dict(guidance_scale=2.0, temperature=0.0, decode_images=False)
     fast = generate_images(model, CAPTIONS, seeds=0, cfg=ImageSamplingConfig(cache=cache, **kw), keep_logits=True)
@@ -35,6 +35,31 @@ def test_greedy_with_cache_equals_recompute(model, cache):
     t_fast = generate_text(model, prompts, cfg=TextSamplingConfig(max_new_tokens=12, cache=cache))
     t_slow = generate_text(model, prompts, cfg=TextSamplingConfig(max_new_tokens=12, cache="none"))
     assert t_fast == t_slow and any(t_fast)
+
+
+def test_sampled_tokens_follow_the_distribution_and_skip_filtered_ids():
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.2])
+    logits = probs.log().expand(4000, -1)
+    picked = sample_tokens(logits, make_generators(range(4000)), temperature=1.0)
+    freq = torch.bincount(picked, minlength=5).float() / 4000
+    assert freq[0] == 0 and freq[2] == 0
+    torch.testing.assert_close(freq, probs, atol=0.03, rtol=0)
+    top1 = sample_tokens(logits[:50], make_generators(range(50)), temperature=1.0, top_k=1)
+    assert bool((top1 == 1).all())
+
+
+def test_preallocated_cache_refuses_to_overflow_and_sliding_layers(model):
+    from unified_ar.kv_cache import preallocated_cache
+
+    ids = torch.full((2, 4), model.layout.image_start_id)
+    _, state = prefill(model, model.embed(ids), torch.ones(2, 4, dtype=torch.long), "preallocated", 0)
+    with pytest.raises(ValueError, match="too small max_new_tokens"):
+        model.run_llm(model.embed(ids[:, :1]), torch.ones(2, 5, dtype=torch.long), torch.full((2, 1), 4),
+                      cache=state.cache, use_cache=True)
+    config = model.llm.config.__class__(**{**model.llm.config.to_dict(), "layer_types": None})
+    config.layer_types = ["sliding_attention"] + ["full_attention"] * (config.num_hidden_layers - 1)
+    with pytest.raises(ValueError, match="full-attention layers only"):
+        preallocated_cache(config, 8)
 
 
 def test_cfg_scale_one_equals_conditional_sampling(model):

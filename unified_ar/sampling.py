@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from unified_ar.kv_cache import preallocated_cache
 from unified_ar.llm import max_context
 from unified_ar.sequences import chat_prompt, generation_prompt
 from unified_ar.tokenizer.transforms import to_uint8
 
 VQA_TEMPLATE = "<image>\n{question}"  # as the Shapes world's LLaVA conversations place the image
+CacheKind = Literal["preallocated", "static", "dynamic", "none"]
 
 
 @dataclass
@@ -33,10 +35,10 @@ class ImageSamplingConfig:
     top_p: float = 1.0  # 1: off
     max_batch: int = 0  # prompts per forward (0: all)
     memory_limit_mb: float = 0.0  # KV-cache budget per micro-batch (0: no limit)
-    # KV cache: "static" (preallocated; faster at ~100M on CPU, the dynamic cache is faster for the
-    # tiny preset: docs/MODEL.md), "dynamic", or
+    # KV cache: "preallocated" (unified_ar.kv_cache: buffers sized once, attention over the tokens so
+    # far; the fastest on CPU, docs/MODEL.md), transformers' "static" or "dynamic", or
     # "none" (recompute the whole sequence every step: the exactness and speed baseline)
-    cache: Literal["static", "dynamic", "none"] = "static"
+    cache: CacheKind = "preallocated"
     decode_images: bool = True
 
 
@@ -46,7 +48,7 @@ class TextSamplingConfig:
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0
     top_p: float = 1.0
-    cache: Literal["static", "dynamic", "none"] = "static"
+    cache: CacheKind = "preallocated"
 
 
 @dataclass
@@ -109,11 +111,18 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 def sample_tokens(logits: torch.Tensor, generators: list[torch.Generator], temperature: float,
                   top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """logits [B,V] -> indices [B]; row ``i`` draws from ``generators[i]``."""
+    """logits [B,V] -> indices [B]; row ``i`` draws its uniform from ``generators[i]``.
+
+    Inverse-CDF sampling: one uniform per row, then one batched search of the cumulative
+    probabilities (a per-row ``torch.multinomial`` cost more than a tiny LLM's forward)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
-    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+    cdf = probs.cumsum(dim=-1)
+    uniform = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).to(cdf.device)
+    # right=True: the first index whose cdf exceeds u * total, never an index of probability 0
+    picked = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)[:, 0]
+    return picked.clamp(max=logits.shape[-1] - 1)
 
 
 # -- the model passes -------------------------------------------------------------------------
@@ -122,53 +131,61 @@ class DecodeState:
     """What the next forward needs: the cache (or, without one, every embedding so far)."""
 
     cache: object | None
-    attention_mask: torch.Tensor  # [R, T] (dynamic / none) or [R, max_len] (static)
+    # [R, L + max_new_tokens]: with a static cache the future columns are 0 until their token
+    # arrives and the whole width is passed; otherwise they are 1 and the first ``length`` are passed
+    attention_mask: torch.Tensor
     position_ids: torch.Tensor  # [R, 1] position of the last token
     length: int  # tokens seen so far
     static: bool = False
     embeds: torch.Tensor | None = None  # [R, T, H] when recomputing without a cache
 
 
-def prefill(model, embeds: torch.Tensor, attention_mask: torch.Tensor, cache: str = "static",
-            max_new_tokens: int = 0):
-    """Run the prompt embeds [R,L,H] (mask [R,L]); returns (last logits [R,V] float, DecodeState).
-
-    A static cache is allocated for ``L + max_new_tokens`` tokens and its 2D mask spans them
-    all, the future columns 0 until their token arrives."""
+def _new_cache(model, kind: str, capacity: int):
     from transformers import DynamicCache, StaticCache
 
+    if kind == "preallocated":
+        return preallocated_cache(model.llm.config, capacity)
+    if kind == "static":
+        return StaticCache(config=model.llm.config, max_cache_len=capacity)
+    if kind == "dynamic":
+        return DynamicCache(config=model.llm.config)
+    if kind == "none":
+        return None
+    raise ValueError(f"unknown cache {kind!r} (preallocated, static, dynamic, none)")
+
+
+def prefill(model, embeds: torch.Tensor, attention_mask: torch.Tensor, cache: CacheKind = "preallocated",
+            max_new_tokens: int = 0):
+    """Run the prompt embeds [R,L,H] (mask [R,L]) with room for ``max_new_tokens`` more;
+    returns (last logits [R,V] float, DecodeState)."""
     pos = positions(attention_mask)
     length = embeds.shape[1]
-    mask = attention_mask
-    if cache == "static":
-        kv = StaticCache(config=model.llm.config, max_cache_len=length + max_new_tokens)
-        mask = F.pad(attention_mask, (0, max_new_tokens))
-    elif cache == "dynamic":
-        kv = DynamicCache(config=model.llm.config)
-    elif cache == "none":
-        kv = None
-    else:
-        raise ValueError(f"unknown cache {cache!r} (static, dynamic, none)")
-    out = model.run_llm(embeds, mask, pos, cache=kv, use_cache=kv is not None, logits_to_keep=1)
-    state = DecodeState(kv, mask, pos[:, -1:], length, cache == "static", embeds if kv is None else None)
+    kv = _new_cache(model, cache, length + max_new_tokens)
+    static = cache == "static"
+    mask = F.pad(attention_mask, (0, max_new_tokens), value=0 if static else 1)
+    out = model.run_llm(embeds, mask if static else mask[:, :length], pos, cache=kv, use_cache=kv is not None,
+                        logits_to_keep=1)
+    state = DecodeState(kv, mask, pos[:, -1:], length, static, embeds if kv is None else None)
     return out.logits[:, -1].float(), state
 
 
 def decode_one_token(model, step_embeds: torch.Tensor, state: DecodeState):
     """Feed one token's embeds [R,1,H]; returns (logits [R,V] float, new DecodeState)."""
     pos = state.position_ids + 1
+    if state.length >= state.attention_mask.shape[1]:
+        raise ValueError("sampling past the room prefill made: prefill was given too small max_new_tokens")
+    mask = state.attention_mask
     if state.static:
-        if state.length >= state.attention_mask.shape[1]:
-            raise ValueError("static cache full: prefill was given too small max_new_tokens")
-        mask = state.attention_mask.clone()
+        mask = mask.clone()
         mask[:, state.length] = 1
+        step_mask = mask
     else:
-        mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(state.attention_mask.shape[0], 1)], 1)
+        step_mask = mask[:, :state.length + 1]
     if state.cache is not None:
-        out = model.run_llm(step_embeds, mask, pos, cache=state.cache, use_cache=True, logits_to_keep=1)
+        out = model.run_llm(step_embeds, step_mask, pos, cache=state.cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float(), DecodeState(out.cache, mask, pos, state.length + 1, state.static)
     embeds = torch.cat([state.embeds, step_embeds], dim=1)
-    out = model.run_llm(embeds, mask, positions(mask), logits_to_keep=1)
+    out = model.run_llm(embeds, step_mask, positions(step_mask), logits_to_keep=1)
     return out.logits[:, -1].float(), DecodeState(None, mask, pos, state.length + 1, False, embeds)
 
 
