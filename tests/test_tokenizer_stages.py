@@ -35,7 +35,8 @@ def test_vq_then_toklip_stage_on_a_tiny_world(tmp_path, monkeypatch):
     write_world(world, {"train": 16, "val": 8, "test": 2}, 0, WorldConfig())
     common = ["--data.root", str(world), "--train.max_steps", "2", "--train.micro_batch_size", "4",
               "--train.progress_bar", "false"]
-    assert vq_main(["--config", "configs/vq/shapes.yaml", "--out", str(tmp_path / "vq"), *common]) == 0
+    assert vq_main(["--config", "configs/vq/shapes.yaml", "--out", str(tmp_path / "vq"), *common,
+                    "--model.foreground_loss_steps", "2"]) == 0
     vq_eval = json.loads((tmp_path / "vq" / "eval.json").read_text())
     assert vq_eval["images"] == 8 and 0 < vq_eval["codebook_usage"] <= 1
     assert toklip_main(["--config", "configs/toklip/shapes.yaml", "--out", str(tmp_path / "toklip"),
@@ -57,3 +58,13 @@ def test_shapes_yaml_configs_equal_the_presets():
     toklip = load_config(ToklipStageConfig, "configs/toklip/shapes.yaml").model
     preset = TOKLIP_PRESETS["TokLIP-shapes"]
     assert (toklip.vision_cfg, toklip.text_cfg) == (preset.vision_cfg, preset.text_cfg)
+
+
+def test_vq_foreground_schedule_beyond_max_steps_is_a_clear_error(tmp_path):
+    from unified_ar.config import ConfigError
+    from unified_ar.train.stage_vq import main as vq_main
+
+    with pytest.raises(ConfigError, match=r"model.foreground_loss_steps = 1400 > train.max_steps = 700.*"
+                                          r"--model.foreground_loss_steps 700"):
+        vq_main(["--config", "configs/vq/shapes.yaml", "--out", str(tmp_path / "vq"), "--train.max_steps", "700"])
+    assert not (tmp_path / "vq").exists()  # refused before anything was written

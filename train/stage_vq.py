@@ -108,6 +108,16 @@ def evaluate_vq(model: VQModel, images: torch.Tensor, batch_size: int = 50) -> d
             "codes_used": used, "images": len(images)}
 
 
+def check_foreground_schedule(config: VQStageConfig, source: str | None) -> None:
+    """The foreground weight must reach 0 by the last step: a ``train.max_steps`` override that
+    leaves ``model.foreground_loss_steps`` beyond it is an error naming both."""
+    steps, max_steps = config.model.foreground_loss_steps, config.train.max_steps
+    if config.model.foreground_loss_weight > 0 and steps > max_steps:
+        raise ConfigError(f"{source or 'config'}: model.foreground_loss_steps = {steps} > train.max_steps = {max_steps}: "
+                          f"the foreground weight would still be {1 - max_steps / steps:.0%} of its start at the end; "
+                          f"set --model.foreground_loss_steps {max_steps}")
+
+
 def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="unified-ar train-vq", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="YAML file (VQStageConfig: model, data, train)")
@@ -120,6 +130,7 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args, overrides = _parse(argv)
     config = load_config(VQStageConfig, args.config, overrides)
+    check_foreground_schedule(config, args.config)
     data = config.data
     val = load_images(data.root, read_records(data.root, data.val_split)[:data.max_val], data.image_size)
     if args.eval:
