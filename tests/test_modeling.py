@@ -125,3 +125,22 @@ def test_toklip_features_save_load_and_shared_vq(tmp_path):
     loaded = UnifiedARModel.from_pretrained(tmp_path / "ckpt")
     for batch in batches:
         assert torch.equal(loaded(batch).logits, model(batch).logits)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(tmp_path / str(checkpointing))
+        randomize_(model.llm, seed=3)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.llm.is_activation_checkpointing
+        gen, comp = _examples(model)
+        ids, mask = left_pad([gen.input_ids, comp.input_ids], model.layout.pad_id)
+        labels, _ = left_pad([gen.labels, comp.labels], -100)
+        codes = torch.arange(model.num_image_tokens)[None] % 32
+        model({"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": positions(mask),
+               "image_codes": codes}).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.llm.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)

@@ -180,6 +180,12 @@ class UnifiedARModel(nn.Module):
                 part.eval()
         return self
 
+    def gradient_checkpointing_enable(self) -> None:
+        """Activation checkpointing of the LLM's decoder layers (what ``train.gradient_checkpointing``
+        asks the engine for; the same as ``model.llm.gradient_checkpointing``). The VQ and TokLIP
+        are small and frozen by default, so they are not checkpointed."""
+        self.llm.activation_checkpointing_enable()
+
     @property
     def num_image_tokens(self) -> int:
         return self.grid[0] * self.grid[1]
