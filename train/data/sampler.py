@@ -19,7 +19,23 @@ def epoch_permutation(num_records: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_records)
 
 
-class MapBatches:
+class _CountedBatches:
+    """The samplers' data counters: ``counters`` (bad records plus the collator's truncation
+    counts, logged and checkpointed) and ``load_counters`` (resume). Subclasses set ``bad``
+    and ``counted_collate`` (the collate object whose ``counters`` join in, if it has any)."""
+
+    bad: BadData
+    counted_collate: object
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return _counters(self.bad, self.counted_collate)
+
+    def load_counters(self, saved: dict[str, int]) -> None:
+        _load_counters(saved, self.bad, self.counted_collate)
+
+
+class MapBatches(_CountedBatches):
     """Micro-batches of ``micro_batch_size`` records from an indexable ``dataset``.
 
     ``dataset[i]`` returns a record or raises :class:`BadRecord` (skipped, counted in
@@ -34,13 +50,7 @@ class MapBatches:
         self.micro_batch_size = micro_batch_size
         self.seed = seed
         self.bad = bad or BadData()
-
-    @property
-    def counters(self) -> dict[str, int]:
-        return _counters(self.bad, self.collate)
-
-    def load_counters(self, saved: dict[str, int]) -> None:
-        _load_counters(saved, self.bad, self.collate)
+        self.counted_collate = collate
 
     def iter_from(self, position: int, rank: int, world_size: int) -> Iterator[tuple[int, dict]]:
         per_epoch = len(self.dataset) // (self.micro_batch_size * world_size)
@@ -93,7 +103,7 @@ def load_records(dataset: Sequence, indices: Sequence[int], bad: BadData, positi
     return records
 
 
-class PackedBatches:
+class PackedBatches(_CountedBatches):
     """Packed micro-batches: ``rows`` rows of up to ``collator.config.max_length`` tokens each.
 
     Record lengths come from ``dataset.meta(i)`` (no image loading) through
@@ -108,15 +118,9 @@ class PackedBatches:
         self.rows = rows
         self.seed = seed
         self.bad = bad or BadData()
+        self.counted_collate = collator
         self._lengths: np.ndarray | None = None
         self._plans: dict[int, list] = {}
-
-    @property
-    def counters(self) -> dict[str, int]:
-        return _counters(self.bad, self.collator)
-
-    def load_counters(self, saved: dict[str, int]) -> None:
-        _load_counters(saved, self.bad, self.collator)
 
     def lengths(self) -> np.ndarray:
         """Tokens of every record (0 for a record whose metadata is bad: it is skipped when loaded)."""
@@ -158,7 +162,7 @@ class PackedBatches:
             yield position, self.collator.pack([row for row in loaded if row], key)
 
 
-class StreamBatches:
+class StreamBatches(_CountedBatches):
     """Micro-batches from a streaming source (``source.stream(seed, epoch, rank, world_size, buffer)``,
     e.g. a ``CaptionSource(..., streaming=True)``), for data that does not fit on disk.
 
@@ -175,13 +179,7 @@ class StreamBatches:
         self.seed = seed
         self.buffer_size = buffer_size
         self.bad = bad or BadData()
-
-    @property
-    def counters(self) -> dict[str, int]:
-        return _counters(self.bad, self.collate)
-
-    def load_counters(self, saved: dict[str, int]) -> None:
-        _load_counters(saved, self.bad, self.collate)
+        self.counted_collate = collate
 
     def iter_from(self, position: int, rank: int, world_size: int) -> Iterator[tuple[int, dict]]:
         skip, epoch, group, errors = position * self.micro_batch_size, 0, [], []
