@@ -43,6 +43,9 @@ def test_vq_then_toklip_stage_on_a_tiny_world(tmp_path, monkeypatch):
                         "--vq_path", str(tmp_path / "vq" / "export"), *common]) == 0
     result = json.loads((tmp_path / "toklip" / "eval.json").read_text())
     assert result["retrieval_candidates"] == 8 and 0 <= result["color_accuracy"] <= 1
+    mistakes = sum(result["color_confusions"].values())
+    assert mistakes == round((1 - result["color_accuracy"]) * result["color_images"])
+    assert all(t != p for t, p in (k.split("->") for k in result["color_confusions"]))
     assert toklip_main(["--config", "configs/toklip/shapes.yaml", "--eval", str(tmp_path / "toklip" / "export"),
                         "--data.root", str(world)]) == 0
 

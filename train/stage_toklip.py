@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +24,10 @@ from unified_ar.tokenizer.toklip import (TOKLIP_PRESETS, TokLIP, TokLIPConfig, T
                                          TokLIPVisionConfig, load_text_tokenizer)
 from unified_ar.tokenizer.vq import VQModel
 from unified_ar.train.config import TrainConfig
+from unified_ar.train.shapes.world import COLORS as WORLD_COLORS
 from unified_ar.train.stage_vq import ImageDataConfig, TensorBatches, load_images, read_records, to_pixels
 
-COLORS = ("red", "green", "blue", "yellow", "magenta", "cyan", "white")  # the Shapes world's colours
+COLORS = tuple(WORLD_COLORS)  # the Shapes world's colour names, the classes of the colour check
 
 
 @dataclass
@@ -91,8 +93,9 @@ def evaluate_toklip(model: TokLIP, records: list[dict], codes: torch.Tensor, con
         model, [t.format(color=c) for t in config.color_prompts]).mean(0), dim=-1) for c in COLORS])
     predicted = (_image_embeddings(model, codes[single], config.batch_size) @ prompts.t()).argmax(dim=1)
     truth = torch.tensor([COLORS.index(records[i]["spec"]["objects"][0]["color"]) for i in single])
+    confusions = Counter(f"{COLORS[t]}->{COLORS[p]}" for t, p in zip(truth.tolist(), predicted.tolist()) if t != p)
     return {"r_at_1": r_at_1, "retrieval_candidates": n, "color_accuracy": (predicted == truth).float().mean().item(),
-            "color_images": len(single)}
+            "color_images": len(single), "color_confusions": dict(confusions.most_common())}
 
 
 def build_model(config: ToklipStageConfig, vq: VQModel, tokenizer) -> TokLIP:
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate_toklip(model, records, codes, config.eval)
     print(f"TokLIP on {data.root} {data.val_split}: image->caption R@1 {result['r_at_1']:.3f} among "
           f"{result['retrieval_candidates']} candidates; colour accuracy {result['color_accuracy']:.3f} "
-          f"on {result['color_images']} single-object images")
+          f"on {result['color_images']} single-object images (mistakes, true->predicted: "
+          f"{result['color_confusions'] or 'none'})")
     if args.out:
         (Path(args.out) / "eval.json").write_text(json.dumps(result, indent=2))
     return 0
