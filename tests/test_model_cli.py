@@ -33,7 +33,8 @@ def test_sample_writes_pngs_grid_and_record(saved, tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("a red circle\n")
     assert cli_main(["sample", "--model", str(saved), "--prompts", str(plain), "--out", str(tmp_path / "o2"),
-                     "--seed", "5", "--no-cfg"]) == 0
+                     "--seed", "5", "--no-cfg", "--cache", "static"]) == 0
+    assert json.loads((tmp_path / "o2" / "samples.json").read_text())["settings"]["cache"] == "static"
 
 
 def test_chat_draws_then_answers_about_the_drawing(saved, tmp_path, monkeypatch, capsys):

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-batch", type=int, default=8, help="prompts per forward")
     p.add_argument("--memory-limit-mb", type=float, default=0.0, help="KV-cache budget per micro-batch")
+    p.add_argument("--cache", choices=["preallocated", "static", "dynamic", "none"], default="preallocated",
+                   help="KV cache (docs/MODEL.md; none = recompute every step)")
     p.add_argument("--attn", choices=["eager", "sdpa", "flash_attention_2"], default=None)
     return p
 
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ImageSamplingConfig(
         guidance_scale=None if args.no_cfg else args.guidance_scale, guidance_schedule=args.guidance_schedule,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_batch=args.max_batch,
-        memory_limit_mb=args.memory_limit_mb,
+        memory_limit_mb=args.memory_limit_mb, cache=args.cache,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
