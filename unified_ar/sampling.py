@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -151,7 +151,7 @@ def _new_cache(model, kind: str, capacity: int):
         return DynamicCache(config=model.llm.config)
     if kind == "none":
         return None
-    raise ValueError(f"unknown cache {kind!r} (preallocated, static, dynamic, none)")
+    raise ValueError(f"unknown cache {kind!r} ({', '.join(get_args(CacheKind))})")
 
 
 def prefill(model, embeds: torch.Tensor, attention_mask: torch.Tensor, cache: CacheKind = "preallocated",

@@ -27,12 +27,22 @@ class _CountedBatches:
     bad: BadData
     counted_collate: object
 
+    def _collate_counters(self) -> dict[str, int]:
+        return getattr(self.counted_collate, "counters", None) or {}
+
     @property
     def counters(self) -> dict[str, int]:
-        return _counters(self.bad, self.counted_collate)
+        """The data counters: bad records plus the collator's (truncations), as one new dict."""
+        return {**self.bad.counters, **self._collate_counters()}
 
     def load_counters(self, saved: dict[str, int]) -> None:
-        _load_counters(saved, self.bad, self.counted_collate)
+        """Restore counters from a checkpoint into their owners (resume)."""
+        extra = self._collate_counters()
+        for key, value in saved.items():
+            owner = self.bad.counters if key in self.bad.counters else extra if key in extra else None
+            if owner is None:
+                raise KeyError(f"checkpoint data counter {key!r} is unknown to this data pipeline")
+            owner[key] = value
 
 
 class MapBatches(_CountedBatches):
@@ -67,21 +77,6 @@ class MapBatches(_CountedBatches):
             records = load_records(self.dataset, indices, self.bad, key)
             position += 1
             yield position, self.collate(records, key)
-
-
-def _counters(bad: BadData, collate: object) -> dict[str, int]:
-    """The data counters: bad records plus the collator's (truncations), as one new dict."""
-    return {**bad.counters, **(getattr(collate, "counters", None) or {})}
-
-
-def _load_counters(saved: dict[str, int], bad: BadData, collate: object) -> None:
-    """Restore counters from a checkpoint into their owners (resume)."""
-    extra = getattr(collate, "counters", None) or {}
-    for key, value in saved.items():
-        owner = bad.counters if key in bad.counters else extra if key in extra else None
-        if owner is None:
-            raise KeyError(f"checkpoint data counter {key!r} is unknown to this data pipeline")
-        owner[key] = value
 
 
 def load_records(dataset: Sequence, indices: Sequence[int], bad: BadData, position: int,

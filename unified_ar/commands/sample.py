@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import get_args
 
 from PIL import Image
 
@@ -47,6 +48,8 @@ def make_grid(images: list[Image.Image], columns: int | None = None, gap: int = 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from unified_ar.sampling import CacheKind  # lazy: --help stays fast
+
     p = argparse.ArgumentParser(prog="unified-ar sample", description=__doc__)
     p.add_argument("--model", required=True, help="a save_pretrained directory")
     p.add_argument("--prompts", required=True, help="JSONL with \"prompt\" or plain text lines")
@@ -60,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-batch", type=int, default=8, help="prompts per forward")
     p.add_argument("--memory-limit-mb", type=float, default=0.0, help="KV-cache budget per micro-batch")
-    p.add_argument("--cache", choices=["preallocated", "static", "dynamic", "none"], default="preallocated",
+    p.add_argument("--cache", choices=get_args(CacheKind), default="preallocated",
                    help="KV cache (docs/MODEL.md; none = recompute every step)")
     p.add_argument("--attn", choices=["eager", "sdpa", "flash_attention_2"], default=None)
     return p
