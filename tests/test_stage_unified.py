@@ -75,3 +75,17 @@ def test_train_command_stops_on_bad_data_naming_records(shapes_world, world_code
     assert main(["train", "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert "records are bad" in err and "captions.jsonl:" in err and "missing.png" in err
+
+
+def test_init_from_takes_the_stages_loss_weights_and_rejects_a_changed_model(tmp_path):
+    from dataclasses import replace
+
+    from unified_helpers import tiny_config, tiny_model
+    from unified_ar.train.stage_unified import build_model
+
+    saved = tiny_model(tmp_path / "tok").save_pretrained(tmp_path / "saved")
+    config = StageConfig(init_from=str(saved), model=replace(tiny_config(), image_loss_weight=4.0))
+    model = build_model(config)
+    assert (model.config.image_loss_weight, model.config.text_loss_weight) == (4.0, 1.0)
+    with pytest.raises(ConfigError, match=r"model.comprehension_features = 'toklip' \(init_from has 'vq'\)"):
+        build_model(replace(config, model=tiny_config(comprehension_features="toklip")))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -73,13 +73,28 @@ def check_stage(config: StageConfig, source: str) -> None:
                           "pipeline; run `unified-ar pretokenize` and set data.codes")
 
 
+# with ``init_from``, the saved model's own config gives the LLM, VQ, TokLIP and tokenizer; these
+# fields of ``model`` must then agree with it, and these are the stage's own (loss weights)
+INIT_MUST_AGREE = ("image_size", "projector", "comprehension_features", "semantic_gen_input")
+STAGE_MODEL_FIELDS = ("text_loss_weight", "image_loss_weight")
+
+
 def build_model(config: StageConfig):
-    """The unified model: ``init_from`` (a saved directory) or a fresh one from ``config.model``."""
+    """The unified model: ``init_from`` (a saved directory, with the stage's loss weights) or a
+    fresh one from ``config.model``. A ``model`` field in :data:`INIT_MUST_AGREE` that differs
+    from the saved model's is an error, not silently dropped."""
     from unified_ar.modeling import UnifiedARModel
 
-    if config.init_from is not None:
-        return UnifiedARModel.from_pretrained(config.init_from)
-    return UnifiedARModel.from_config(config.model)
+    if config.init_from is None:
+        return UnifiedARModel.from_config(config.model)
+    model = UnifiedARModel.from_pretrained(config.init_from)
+    differ = [f"model.{name} = {getattr(config.model, name)!r} (init_from has {getattr(model.config, name)!r})"
+              for name in INIT_MUST_AGREE if getattr(config.model, name) != getattr(model.config, name)]
+    if differ:
+        raise ConfigError(f"init_from {config.init_from}: the stage config differs from the saved model: "
+                          + "; ".join(differ) + ". Train from scratch (init_from: null) or drop the change.")
+    model.config = replace(model.config, **{name: getattr(config.model, name) for name in STAGE_MODEL_FIELDS})
+    return model
 
 
 def _pixel_encoder(model):
