@@ -56,6 +56,7 @@ class ShapesScores:
     exact: float
     num_images: int | None = None
     num_objects: int | None = None
+    by_objects: dict[str, dict[str, float]] | None = None  # the same scores per number of objects
 
 
 @dataclass
@@ -98,6 +99,8 @@ class VQMetrics:
     val_psnr: float
     codebook_usage: float
     recon_shapes_eval: ShapesScores
+    patch_code_agreement: float | None = None  # absent in runs before it was measured
+    patches_per_code: float | None = None
 
 
 @dataclass
@@ -264,6 +267,9 @@ def _other_tables(metrics: DemoMetrics) -> dict[str, Table]:
     if metrics.vq is not None:
         tok += [["VQ val PSNR (dB)", _num(metrics.vq.val_psnr)],
                 ["VQ codebook usage", _num(metrics.vq.codebook_usage)]]
+        if metrics.vq.patch_code_agreement is not None:
+            tok += [["VQ patch-code agreement", _num(metrics.vq.patch_code_agreement)],
+                    ["VQ distinct patches per code", _num(metrics.vq.patches_per_code)]]
         tok += [[f"VQ reconstruction ShapesEval {a}", _num(getattr(metrics.vq.recon_shapes_eval, a))]
                 for a in SHAPES_ATTRIBUTES]
     if metrics.toklip is not None:

@@ -70,6 +70,8 @@ class ShapesEvalResult:
     exact: float
     num_images: int
     num_objects: int
+    # the same scores over the prompts with 1, 2, ... objects ({"1": {"color": .., "num_images": ..}})
+    by_objects: dict[str, dict[str, float]] = field(default_factory=dict)
     per_image: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -201,9 +203,17 @@ def evaluate_images(images: list[np.ndarray], specs: list[dict], world: WorldCon
     if len(images) != len(specs) or not specs:
         raise ValueError(f"ShapesEval: {len(images)} images for {len(specs)} specs")
     per_image = [judge(img, spec, world, cfg) for img, spec in zip(images, specs)]
+    by_objects = {}
+    for n in sorted({len(spec["objects"]) for spec in specs}):
+        group = [r for r, spec in zip(per_image, specs) if len(spec["objects"]) == n]
+        by_objects[str(n)] = _scores(group)
+    return ShapesEvalResult(**_scores(per_image), by_objects=by_objects, per_image=per_image)
+
+
+def _scores(per_image: list[dict]) -> dict:
+    """Attribute accuracies over the objects, count and exact-scene accuracy over the images."""
     hits = [h for r in per_image for h in r["hits"]]
-    acc = {a: sum(h[a] for h in hits) / len(hits) for a in ATTRIBUTES}
-    return ShapesEvalResult(
-        **acc, count=sum(r["count"] for r in per_image) / len(per_image),
-        exact=sum(r["exact"] for r in per_image) / len(per_image),
-        num_images=len(per_image), num_objects=len(hits), per_image=per_image)
+    acc = {a: sum(h[a] for h in hits) / max(len(hits), 1) for a in ATTRIBUTES}
+    return {**acc, "count": sum(r["count"] for r in per_image) / len(per_image),
+            "exact": sum(r["exact"] for r in per_image) / len(per_image),
+            "num_images": len(per_image), "num_objects": len(hits)}

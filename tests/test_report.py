@@ -23,7 +23,7 @@ METRICS = {
     "stage_seconds": {"world": 12.25, "vq": 300.0, "toklip": 200.0, "runs/toklip/align": 100.0,
                       "runs/toklip/unified": 500.0},
     "tokenizers": {
-        "vq": {"val_psnr": 31.456, "codebook_usage": 0.8125,
+        "vq": {"val_psnr": 31.456, "codebook_usage": 0.8125, "patch_code_agreement": 0.9712, "patches_per_code": 1.0625,
                "recon_shapes_eval": {"color": 1.0, "shape": 0.975, "size": 1.0, "position": 1.0,
                                      "count": 1.0, "exact": 0.9375, "num_images": 16, "num_objects": 32}},
         "toklip": {"r_at_1": 0.6875, "color_accuracy": 0.953},
@@ -148,7 +148,7 @@ def test_write_report_page_and_figures(tmp_path):
     page_path = write_report(out)
     assert page_path == out / "report.html"
     page = page_path.read_text()
-    for number in ("0.85", "0.73", "0.56", "31.46", "0.81", "0.69", "1234.5", "12.2", "500.0", "1.2500"):
+    for number in ("0.85", "0.73", "0.56", "31.46", "0.81", "0.69", "1234.5", "12.2", "500.0", "1.2500", "0.97", "1.06"):
         assert f"<td>{number}</td>" in page, number
     for rel in ("figures/grid_toklip.png", "figures/grid_vq.png", "figures/recon.png",
                 "figures/loss_toklip.png", "figures/loss_vq.png",

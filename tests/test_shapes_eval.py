@@ -45,6 +45,14 @@ def test_renders_score_one_and_survive_blur():
     summary = evaluate_images(images, specs, cfg).summary()
     assert {k: summary[k] for k in ("color", "shape", "size", "position", "count", "exact")} == dict.fromkeys(
         ("color", "shape", "size", "position", "count", "exact"), 1.0)
+    by = summary["by_objects"]
+    assert sum(group["num_images"] for group in by.values()) == 24
+    assert sum(group["num_objects"] for group in by.values()) == summary["num_objects"]
+    assert all(sc_n.isdigit() and group["exact"] == 1.0 for sc_n, group in by.items())
+    wrong = [np.zeros_like(im) if len(s.objects) == 1 else im for s, im in zip(sc, images)]  # blank 1-object scenes
+    split = evaluate_images(wrong, specs, cfg).by_objects
+    assert split["1"]["color"] == 0.0 and split["1"]["exact"] == 0.0
+    assert all(group["exact"] == 1.0 for n, group in split.items() if n != "1")
     # VQ reconstructions are blurred and dimmed at the edges; the judge must still read them.
     blurred = [np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(1.0))) for im in images]
     assert evaluate_images(blurred, specs, cfg).exact == 1.0

@@ -23,6 +23,18 @@ def test_tensor_batches_resume_exactly_and_cover_an_epoch():
         next(TensorBatches({"x": torch.arange(3)}, 4, 0).iter_from(0, 0, 1))
 
 
+def test_patch_code_consistency_counts_disagreements_and_shared_codes():
+    from unified_ar.train.stage_vq import patch_code_consistency
+
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)  # 2x2 patches of 2x2 pixels: 8 cells
+    images[0, :, :2, :2] = 255  # one white cell; the other seven are black
+    images[1, 0, 2:, 2:] = 255  # one red cell
+    codes = torch.tensor([5, 1, 1, 2, 1, 1, 1, 5])  # black gets 1 five times, 2 once; white and red share 5
+    result = patch_code_consistency(images, codes, patch=2)
+    assert result["patch_code_agreement"] == pytest.approx(5 / 6)  # only black cells repeat
+    assert result["patches_per_code"] == pytest.approx((2 + 1 + 1) / 3)  # code 5: white and red
+
+
 @pytest.mark.slow
 def test_vq_then_toklip_stage_on_a_tiny_world(tmp_path, monkeypatch):
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
@@ -39,6 +51,7 @@ def test_vq_then_toklip_stage_on_a_tiny_world(tmp_path, monkeypatch):
                     "--model.foreground_loss_steps", "2"]) == 0
     vq_eval = json.loads((tmp_path / "vq" / "eval.json").read_text())
     assert vq_eval["images"] == 8 and 0 < vq_eval["codebook_usage"] <= 1
+    assert 0 < vq_eval["patch_code_agreement"] <= 1 and vq_eval["patches_per_code"] >= 1
     assert toklip_main(["--config", "configs/toklip/shapes.yaml", "--out", str(tmp_path / "toklip"),
                         "--vq_path", str(tmp_path / "vq" / "export"), *common]) == 0
     result = json.loads((tmp_path / "toklip" / "eval.json").read_text())

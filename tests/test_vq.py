@@ -227,3 +227,36 @@ def test_xformers_matches_sdpa_on_gpu():
     for causal in (False, True):
         torch.testing.assert_close(attention(q, k, v, causal, "xformers"), attention(q, k, v, causal, "sdpa"),
                                    atol=2e-3, rtol=2e-3)
+
+
+def test_patch_local_encoder_codes_depend_on_their_patch_only():
+    torch.manual_seed(0)
+    cfg = replace(_tiny_official_config(), encoder_patch_local=True)
+    model = VQModel(cfg).eval()
+    pixels = torch.rand(2, 3, 32, 48) * 2 - 1
+    pixels[1, :, :16, :16] = pixels[0, :, :16, :16]  # one patch repeated across images (encoded once)
+    with torch.no_grad():
+        features = model._encode(pixels)
+        for i, j in ((0, 0), (1, 2)):  # equals running the encoder on the patch alone
+            alone = model.encoder(pixels[:, :, 16 * i:16 * i + 16, 16 * j:16 * j + 16])
+            torch.testing.assert_close(features[:, :, i, j], alone[:, :, 0, 0], rtol=1e-5, atol=1e-5)
+    changed = pixels.clone()
+    changed[:, :, 16:, :] = -1.0  # blank the bottom row of patches
+    assert torch.equal(model.encode(changed)[:, 0], model.encode(pixels)[:, 0])
+    whole = VQModel(replace(cfg, encoder_patch_local=False)).eval()
+    whole.load_state_dict(model.state_dict())  # same parameters, same key names
+    assert not torch.equal(whole._encode(pixels), model._encode(pixels))
+
+
+def test_patch_local_gradients_match_encoding_every_patch():
+    torch.manual_seed(0)
+    model = VQModel(replace(_tiny_official_config(), encoder_patch_local=True))
+    pixels = -torch.ones(2, 3, 32, 32)
+    pixels[0, :, :16, :16] = 0.5  # three blank patches per image repeat
+    model._encode(pixels).pow(2).sum().backward()
+    deduplicated = model.encoder.conv_in.weight.grad.clone()
+    model.zero_grad()
+    patches = pixels.unfold(2, 16, 16).unfold(3, 16, 16).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 16, 16)
+    model.encoder(patches).pow(2).sum().backward()
+    full = model.encoder.conv_in.weight.grad
+    torch.testing.assert_close(deduplicated, full, rtol=1e-3, atol=1e-4 * full.abs().max().item())  # summation order

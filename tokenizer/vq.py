@@ -57,6 +57,12 @@ class VQConfig:
     # slowly; this weight breaks it (docs/TOKENIZER.md). 0 = off, as in LlamaGen.
     foreground_loss_weight: float = 0.0
     foreground_loss_steps: int = 0
+    # not in LlamaGen: run the encoder on each f x f patch on its own (same weights and key
+    # names), so equal patches get equal codes. The whole-image encoder lets an empty patch's
+    # code carry its neighbours' detail. A patch is 1x1 at the lowest level, where GroupNorm
+    # with several groups normalises each group's few channels away: use norm_groups 1 with it.
+    # Measured on the Shapes world, not the default (docs/TOKENIZER.md).
+    encoder_patch_local: bool = False
 
     def __post_init__(self):
         if len(self.encoder_ch_mult) != len(self.decoder_ch_mult):
@@ -343,9 +349,24 @@ class VQModel(nn.Module):
         self.grid_size(pixels.shape[-1])
         self.grid_size(pixels.shape[-2])
 
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B,3,H,W] -> encoder features [B,z_channels,H/f,W/f], per patch when
+        ``encoder_patch_local``."""
+        if not self.config.encoder_patch_local:
+            return self.encoder(pixels)
+        f = self.config.downsample_factor
+        b, c, height, width = pixels.shape
+        h, w = height // f, width // f
+        patches = pixels.reshape(b, c, h, f, w, f).permute(0, 2, 4, 1, 3, 5).reshape(b * h * w, c * f * f)
+        # each distinct patch once (an empty background repeats many times); the gather's backward
+        # sums the repeats' gradients, so outputs and gradients equal encoding every patch
+        distinct, index = torch.unique(patches, dim=0, return_inverse=True)
+        z = self.encoder(distinct.reshape(-1, c, f, f))  # [P, z, 1, 1]
+        return z.flatten(1)[index].reshape(b, h, w, -1).permute(0, 3, 1, 2)
+
     def _latent(self, pixels: torch.Tensor, restart: bool = False):
         self._check_pixels(pixels)
-        h = self.quant_conv(self.encoder(pixels))
+        h = self.quant_conv(self._encode(pixels))
         restarted = self.quantize.restart_dead(h) if restart else 0
         return (*self.quantize(h), restarted)
 

@@ -103,9 +103,32 @@ def evaluate_vq(model: VQModel, images: torch.Tensor, batch_size: int = 50) -> d
         out = model(pixels)
         scores.append(psnr(out.recon, pixels))
         codes.append(out.codes.flatten())
-    used = torch.unique(torch.cat(codes)).numel()
+    codes = torch.cat(codes)
+    used = torch.unique(codes).numel()
     return {"val_psnr": torch.cat(scores).mean().item(), "codebook_usage": used / model.config.codebook_size,
-            "codes_used": used, "images": len(images)}
+            "codes_used": used, "images": len(images),
+            **patch_code_consistency(images, codes, model.config.downsample_factor)}
+
+
+def patch_code_consistency(images: torch.Tensor, codes: torch.Tensor, patch: int) -> dict[str, float]:
+    """How deterministic the tokenizer is on ``images`` [N,3,H,W] uint8 with ``codes`` [N*h*w]
+    (row-major per image) for ``patch`` x ``patch`` grid cells.
+
+    ``patch_code_agreement``: over cells whose exact pixels occur more than once, the fraction
+    whose code is the one most often given to those pixels (1.0: equal patches, equal codes;
+    an LLM predicting codes needs this). ``patches_per_code``: distinct pixel patches per used
+    code (above 1: the code cannot say which one it was)."""
+    n, c, height, width = images.shape
+    h, w = height // patch, width // patch
+    cells = images.reshape(n, c, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5).reshape(n * h * w, -1)
+    _, content = torch.unique(cells, dim=0, return_inverse=True)
+    pairs, counts = torch.unique(torch.stack([content, codes]), dim=1, return_counts=True)
+    per_content = torch.bincount(content)
+    best = torch.zeros_like(per_content).scatter_reduce(0, pairs[0], counts, reduce="amax")
+    repeated = per_content > 1
+    agreement = best[repeated].sum().item() / max(per_content[repeated].sum().item(), 1)
+    per_code = torch.bincount(pairs[1])
+    return {"patch_code_agreement": agreement, "patches_per_code": per_code[per_code > 0].float().mean().item()}
 
 
 def check_foreground_schedule(config: VQStageConfig, source: str | None) -> None:
@@ -150,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             model = VQModel.from_pretrained(result.export_dir)
     result = evaluate_vq(model, val, config.eval_batch_size)
     print(f"VQ on {data.root} {data.val_split} ({result['images']} images): val PSNR {result['val_psnr']:.2f} dB, "
-          f"codebook usage {result['codebook_usage']:.3f} ({result['codes_used']}/{model.config.codebook_size})")
+          f"codebook usage {result['codebook_usage']:.3f} ({result['codes_used']}/{model.config.codebook_size}), "
+          f"patch-code agreement {result['patch_code_agreement']:.3f}, {result['patches_per_code']:.2f} patches per code")
     if args.out:
         (Path(args.out) / "eval.json").write_text(json.dumps(result, indent=2))
     return 0

@@ -168,6 +168,7 @@ def run_all(config: DemoConfig, out: Path) -> dict:
                              for s, r in train.items()}}
     tokenizers = {
         "vq": {"val_psnr": vq["val_psnr"], "codebook_usage": vq["codebook_usage"],
+               "patch_code_agreement": vq["patch_code_agreement"], "patches_per_code": vq["patches_per_code"],
                "recon_shapes_eval": recon["recon_shapes_eval"]},
         "toklip": {"r_at_1": toklip["r_at_1"], "color_accuracy": toklip["color_accuracy"]},
     }
