@@ -78,6 +78,21 @@ def test_comprehension_features_replace_placeholders(model):
     torch.testing.assert_close(embeds[slots], model.comprehension_embeds(codes)[0])
 
 
+def test_tokens_comprehension_reads_the_llms_own_image_id_embeddings(tmp_path):
+    model = tiny_model(tmp_path, comprehension_features="tokens")
+    assert model.projector is None
+    _, comp = _examples(model)
+    codes = torch.randint(0, 32, (1, model.num_image_tokens))
+    embeds = model.embed(torch.tensor([comp.input_ids]), codes)[0]
+    slots = torch.tensor(comp.input_ids) == model.layout.image_placeholder_id
+    ids = model.layout.codes_to_ids(codes[0])
+    torch.testing.assert_close(embeds[slots], model.llm.get_input_embeddings()(ids))
+    out = model({"input_ids": torch.tensor([comp.input_ids]), "labels": torch.tensor([comp.labels]),
+                 "image_codes": codes})
+    out.loss.backward()  # the answer's loss reaches the image ids' embedding rows
+    assert model.llm.get_input_embeddings().weight.grad[ids].abs().sum() > 0
+
+
 def test_unknown_or_missing_attention_backend_is_one_clear_error():
     with pytest.raises(ConfigError, match="unknown attention backend 'flash3'"):
         check_attention_backend("flash3")

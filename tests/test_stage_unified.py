@@ -30,6 +30,9 @@ def test_stage_checks_name_the_problem(tmp_path):
     bad.data.sources = [{"kind": "text", "path": "x.jsonl"}]
     with pytest.raises(ConfigError, match="stage align trains the projector only"):
         check_stage(bad, "align.yaml")
+    tokens = load_config(StageConfig, packaged_config("train/align.yaml"), ["--model.comprehension_features", "tokens"])
+    with pytest.raises(ConfigError, match="align.yaml: model.comprehension_features tokens has no projector"):
+        check_stage(tokens, "align.yaml")
 
 
 @pytest.mark.slow

@@ -48,7 +48,10 @@ class UnifiedConfig:
     tokenizer: str | None = None  # directory loadable by AutoTokenizer (required by from_config)
     image_size: int = 96
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
-    comprehension_features: Literal["toklip", "vq"] = "toklip"
+    # what the LLM reads for an image it is shown: TokLIP features or the VQ's code vectors through
+    # the projector, or "tokens": the LLM's own input embeddings of the image ids it generates
+    # (Chameleon-style; understanding and generation then share those embeddings; no projector)
+    comprehension_features: Literal["toklip", "vq", "tokens"] = "toklip"
     semantic_gen_input: bool = False
     text_loss_weight: float = 1.0
     image_loss_weight: float = 1.0
@@ -150,7 +153,8 @@ class UnifiedARModel(nn.Module):
         self.toklip = _build_toklip(config.toklip, device, self.vq) if needs_toklip else None
         in_dim = self.toklip.feature_dim if config.comprehension_features == "toklip" else self.vq.config.codebook_embed_dim
         with torch.device(device):
-            self.projector = Projector(config.projector, in_dim, hidden)
+            self.projector = (Projector(config.projector, in_dim, hidden)
+                              if config.comprehension_features != "tokens" else None)
             self.gen_projector = (
                 Projector(config.projector, self.toklip.feature_dim, hidden, zero_init_last=True)
                 if config.semantic_gen_input else None
@@ -198,6 +202,8 @@ class UnifiedARModel(nn.Module):
     def comprehension_embeds(self, image_codes: torch.Tensor) -> torch.Tensor:
         """image_codes [M,N] (or [M,h,w]) -> projected features [M,N,H]."""
         codes = image_codes.reshape(image_codes.shape[0], *self.grid)
+        if self.config.comprehension_features == "tokens":
+            return self.llm.get_input_embeddings()(self.layout.codes_to_ids(codes.flatten(1)))
         if self.config.comprehension_features == "toklip":
             feats = self.toklip.encode_codes(codes)[0]
         else:
@@ -301,7 +307,9 @@ class UnifiedARModel(nn.Module):
     # -- save / load ----------------------------------------------------------------------
     def _saved_parts(self) -> dict[str, nn.Module]:
         """Parts written to safetensors; frozen VQ/TokLIP loaded from a path are referenced instead."""
-        parts = {"llm": self.llm, "projector": self.projector}
+        parts = {"llm": self.llm}
+        if self.projector is not None:
+            parts["projector"] = self.projector
         if self.gen_projector is not None:
             parts["gen_projector"] = self.gen_projector
         for name, cfg in (("vq", self.config.vq), ("toklip", self.config.toklip)):
