@@ -64,7 +64,7 @@ def check_stage(config: StageConfig, source: str) -> None:
         if not trainable or any(not p.startswith(("projector", "gen_projector")) for p in trainable):
             raise ConfigError(f"{source}: stage align trains the projector only; set train.trainable to "
                               f"projector prefixes (got {trainable})")
-        if config.model.comprehension_features == "tokens" and config.init_from is None:
+        if config.model.comprehension_features == "tokens":
             raise ConfigError(f"{source}: model.comprehension_features tokens has no projector to align; "
                               "skip the align stage and train the unified stage from scratch")
     streaming = [s for s in config.data.sources if s.streaming]
