@@ -104,6 +104,14 @@ class VQOutput:
     metrics: dict[str, float]
 
 
+def grid_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """images [N,C,H,W] -> the ``patch`` x ``patch`` cells of their grid, flattened [N*h*w, C*patch*patch]
+    (row-major per image, the order of the codes)."""
+    n, c, height, width = images.shape
+    h, w = height // patch, width // patch
+    return images.reshape(n, c, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5).reshape(n * h * w, c * patch * patch)
+
+
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
@@ -356,13 +364,11 @@ class VQModel(nn.Module):
             return self.encoder(pixels)
         f = self.config.downsample_factor
         b, c, height, width = pixels.shape
-        h, w = height // f, width // f
-        patches = pixels.reshape(b, c, h, f, w, f).permute(0, 2, 4, 1, 3, 5).reshape(b * h * w, c * f * f)
         # each distinct patch once (an empty background repeats many times); the gather's backward
         # sums the repeats' gradients, so outputs and gradients equal encoding every patch
-        distinct, index = torch.unique(patches, dim=0, return_inverse=True)
+        distinct, index = torch.unique(grid_patches(pixels, f), dim=0, return_inverse=True)
         z = self.encoder(distinct.reshape(-1, c, f, f))  # [P, z, 1, 1]
-        return z.flatten(1)[index].reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        return z.flatten(1)[index].reshape(b, height // f, width // f, -1).permute(0, 3, 1, 2)
 
     def _latent(self, pixels: torch.Tensor, restart: bool = False):
         self._check_pixels(pixels)

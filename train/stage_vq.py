@@ -19,7 +19,7 @@ from PIL import Image
 
 from unified_ar.config import ConfigError, load_config
 from unified_ar.tokenizer.losses import psnr
-from unified_ar.tokenizer.vq import VQ_PRESETS, VQConfig, VQModel
+from unified_ar.tokenizer.vq import VQ_PRESETS, VQConfig, VQModel, grid_patches
 from unified_ar.train.config import TrainConfig
 
 
@@ -118,10 +118,7 @@ def patch_code_consistency(images: torch.Tensor, codes: torch.Tensor, patch: int
     whose code is the one most often given to those pixels (1.0: equal patches, equal codes;
     an LLM predicting codes needs this). ``patches_per_code``: distinct pixel patches per used
     code (above 1: the code cannot say which one it was)."""
-    n, c, height, width = images.shape
-    h, w = height // patch, width // patch
-    cells = images.reshape(n, c, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5).reshape(n * h * w, -1)
-    _, content = torch.unique(cells, dim=0, return_inverse=True)
+    _, content = torch.unique(grid_patches(images, patch), dim=0, return_inverse=True)
     pairs, counts = torch.unique(torch.stack([content, codes]), dim=1, return_counts=True)
     per_content = torch.bincount(content)
     best = torch.zeros_like(per_content).scatter_reduce(0, pairs[0], counts, reduce="amax")
