@@ -150,7 +150,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
         model.train()
         if checkpointing:
             model.gradient_checkpointing_enable()
-            assert model.llm.is_activation_checkpointing
+            # the flag's name before transformers 5.24: is_gradient_checkpointing
+            flag = "is_activation_checkpointing" if hasattr(model.llm, "is_activation_checkpointing") \
+                else "is_gradient_checkpointing"
+            assert getattr(model.llm, flag)
         gen, comp = _examples(model)
         ids, mask = left_pad([gen.input_ids, comp.input_ids], model.layout.pad_id)
         labels, _ = left_pad([gen.labels, comp.labels], -100)
@@ -159,3 +162,25 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
                "image_codes": codes}).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.llm.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+
+
+def test_cache_keyword_follows_the_installed_transformers_spelling():
+    """transformers 5.24 renamed the KV-cache argument past_key_values -> cache; run_llm passes either."""
+    from unified_ar.llm import cache_keyword
+
+    class New(torch.nn.Module):
+        def forward(self, inputs_embeds=None, cache=None, **kwargs):
+            return inputs_embeds
+
+    class Old(torch.nn.Module):
+        def forward(self, inputs_embeds=None, past_key_values=None, **kwargs):
+            return inputs_embeds
+
+    class Neither(torch.nn.Module):
+        def forward(self, inputs_embeds=None, **kwargs):
+            return inputs_embeds
+
+    assert cache_keyword(New()) == "cache"
+    assert cache_keyword(Old()) == "past_key_values"
+    with pytest.raises(TypeError, match="neither `cache` nor `past_key_values`"):
+        cache_keyword(Neither())

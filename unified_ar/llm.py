@@ -12,9 +12,10 @@ in for it, on the meta device only (:func:`llm_hf_config` with ``allow_inline``)
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -112,8 +113,15 @@ def build_llm(cfg: LLMConfig, vocab_size: int, device: str | torch.device = "cpu
         with torch.device(device):
             llm = AutoModelForCausalLM.from_config(hf, dtype=dtype, attn_implementation=cfg.attn_implementation)
     if cfg.gradient_checkpointing:
-        llm.activation_checkpointing_enable()
+        enable_activation_checkpointing(llm)
     return llm
+
+
+def enable_activation_checkpointing(llm) -> None:
+    """Checkpoint the decoder layers' activations. transformers 5.24 renamed
+    ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``; both occur across 5.x."""
+    enable = getattr(llm, "activation_checkpointing_enable", None) or llm.gradient_checkpointing_enable
+    enable()
 
 
 def llm_hidden_size(llm) -> int:
@@ -126,3 +134,21 @@ def max_context(llm) -> int:
     if value is None:
         raise ValueError(f"{type(llm.config).__name__} has no max_position_embeddings; cannot check prompt length")
     return int(value)
+
+
+class LLMStep(NamedTuple):
+    """What one LLM pass gives the rest of the project: logits [B,L,V] and the KV cache (or None)."""
+
+    logits: torch.Tensor
+    cache: Any
+
+
+def cache_keyword(llm) -> str:
+    """The name of the KV-cache argument (and output field) of ``llm.forward``: transformers
+    5.24 renamed ``past_key_values`` to ``cache``; both spellings occur across 5.x."""
+    params = inspect.signature(llm.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise TypeError(f"{type(llm).__name__}.forward takes neither `cache` nor `past_key_values`; "
+                    "cannot pass it a KV cache")

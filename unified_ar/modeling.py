@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from unified_ar.config import from_dict, to_dict
-from unified_ar.llm import LLMConfig, build_llm, check_attention_backend, llm_hidden_size
+from unified_ar.llm import (LLMConfig, LLMStep, build_llm, cache_keyword, check_attention_backend,
+                            enable_activation_checkpointing, llm_hidden_size)
 from unified_ar.projector import Projector, ProjectorConfig
 from unified_ar.sequences import IGNORE
 from unified_ar.vocab import VocabLayout, resize_llm_vocab
@@ -65,7 +66,7 @@ class UnifiedOutput:
     text_loss: torch.Tensor | None
     image_loss: torch.Tensor | None
     logits: torch.Tensor
-    past_key_values: Any = None
+    cache: Any = None
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -147,6 +148,7 @@ class UnifiedARModel(nn.Module):
         else:
             self.layout = VocabLayout.from_tokenizer(tokenizer, self.vq.config.codebook_size)
         self.llm = build_llm(config.llm, self.layout.text_vocab_size, device, meta_ok=meta_ok)
+        self._cache_keyword = cache_keyword(self.llm)
         resize_llm_vocab(self.llm, self.layout)
         hidden = llm_hidden_size(self.llm)
         needs_toklip = config.comprehension_features == "toklip" or config.semantic_gen_input
@@ -188,7 +190,7 @@ class UnifiedARModel(nn.Module):
         """Activation checkpointing of the LLM's decoder layers (what ``train.gradient_checkpointing``
         asks the engine for; the same as ``model.llm.gradient_checkpointing``). The VQ and TokLIP
         are small and frozen by default, so they are not checkpointed."""
-        self.llm.activation_checkpointing_enable()
+        enable_activation_checkpointing(self.llm)
 
     @property
     def num_image_tokens(self) -> int:
@@ -257,10 +259,12 @@ class UnifiedARModel(nn.Module):
         return embeds
 
     # -- forward --------------------------------------------------------------------------
-    def run_llm(self, embeds, attention_mask=None, position_ids=None, cache=None, use_cache=False, logits_to_keep=0):
-        """One LLM pass on ``embeds`` [B,L,H]; returns the transformers output (logits, cache)."""
-        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                        cache=cache, use_cache=use_cache, logits_to_keep=logits_to_keep)
+    def run_llm(self, embeds, attention_mask=None, position_ids=None, cache=None, use_cache=False,
+                logits_to_keep=0) -> LLMStep:
+        """One LLM pass on ``embeds`` [B,L,H]; returns its logits and KV cache."""
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=use_cache, logits_to_keep=logits_to_keep, **{self._cache_keyword: cache})
+        return LLMStep(out.logits, getattr(out, self._cache_keyword))
 
     def _attention(self, batch: dict, dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         position_ids = batch.get("position_ids")
