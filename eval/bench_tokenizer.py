@@ -33,19 +33,20 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _build(op: str, size: str, batch: int):
-    """The callable to time and its input, with random weights."""
+def _build(op: str, size: str, batch: int, device: str | torch.device = "cpu"):
+    """The callable to time and its input, with random weights, on ``device``."""
     from unified_ar.tokenizer.toklip import TokLIPTrunk, toklip_config
     from unified_ar.tokenizer.vq import VQ_PRESETS, VQModel
 
     vq_name, toklip_name, image = SIZES[size]
     grid = image // VQ_PRESETS[vq_name].downsample_factor
-    codes = torch.randint(0, VQ_PRESETS[vq_name].codebook_size, (batch, grid, grid))
-    if op == "vq_encode":
-        return VQModel(VQ_PRESETS[vq_name]).eval().encode, torch.rand(batch, 3, image, image) * 2 - 1
-    if op == "vq_decode":
-        return VQModel(VQ_PRESETS[vq_name]).eval().decode, codes
-    trunk = TokLIPTrunk(toklip_config(toklip_name)).eval()
+    with torch.device(device):
+        codes = torch.randint(0, VQ_PRESETS[vq_name].codebook_size, (batch, grid, grid))
+        if op == "vq_encode":
+            return VQModel(VQ_PRESETS[vq_name]).eval().encode, torch.rand(batch, 3, image, image) * 2 - 1
+        if op == "vq_decode":
+            return VQModel(VQ_PRESETS[vq_name]).eval().decode, codes
+        trunk = TokLIPTrunk(toklip_config(toklip_name)).eval()
     return (lambda c: trunk.attn_pool(trunk(c.flatten(1)))), codes
 
 

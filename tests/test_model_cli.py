@@ -78,3 +78,17 @@ def test_gpu_check_exits_clearly_without_cuda(capsys):
         pytest.skip("CUDA present: the no-CUDA exit path cannot be exercised here")
     assert gpu_main([]) == 2
     assert "no CUDA device here" in capsys.readouterr().err
+
+
+def test_gpu_check_runs_its_checks_on_the_cpu(capsys):
+    """The GPU script's own code path (tiny sizes, CPU): every check runs or says why it is skipped."""
+    from unified_ar.eval.gpu_check import main as gpu_main
+
+    rc = gpu_main(["--device", "cpu", "--preset", "tiny", "--vq", "VQ-shapes", "--tokens", "36", "--batch", "2",
+                   "--seq-len", "64", "--steps", "1", "--tokenizer-iters", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "SKIPPED: the FlashAttention and memory-efficient SDPA kernels need CUDA" in out
+    assert out.count("greedy codes equal to dynamic's: 1.000") == 3
+    assert "sdpa default kernel:" in out and "toklip_features" in out
+    assert "all checks passed" in out
