@@ -128,11 +128,11 @@ def time_nocache(model, batch: int, stride: int) -> float:
     timed = {}
     for t in range(0, n - 1, stride):
         # a state holding t generated tokens, then one timed step
-        pad = model.gen_embeds(step_ids, None).expand(-1, t, -1) if t else None
+        pad = model.gen_embeds(step_ids, None, 0).expand(-1, t, -1) if t else None
         s = state if t == 0 else type(state)(None, state.attention_mask, state.position_ids + t,
                                                state.length + t, False, torch.cat([state.embeds, pad], 1))
         begin = time.perf_counter()
-        decode_one_token(model, model.gen_embeds(step_ids, None), s)
+        decode_one_token(model, model.gen_embeds(step_ids, None, t), s)
         timed[t] = time.perf_counter() - begin
     # each untimed step costs as much as the timed step at or before it (cost grows with t: a lower bound)
     total += sum(timed[(t // stride) * stride] for t in range(n - 1))

@@ -184,3 +184,17 @@ def test_cache_keyword_follows_the_installed_transformers_spelling():
     assert cache_keyword(Old()) == "past_key_values"
     with pytest.raises(TypeError, match="neither `cache` nor `past_key_values`"):
         cache_keyword(Neither())
+
+
+def test_image_position_embedding_indexes_each_image_run_from_zero(tmp_path):
+    model = tiny_model(tmp_path, image_position_embedding=True)
+    n = model.num_image_tokens
+    mask = torch.tensor([[False, True, True, True, False, True, True]])
+    assert model._grid_index(mask).tolist() == [0, 1, 2, 0, 1]
+    two_rows = torch.zeros(2, n + 2, dtype=torch.bool)
+    two_rows[0, 1:n + 1] = True
+    two_rows[1, :2] = True
+    assert model._grid_index(two_rows).tolist() == list(range(n)) + [0, 1]
+    too_long = torch.ones(1, n + 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match="none may exceed"):
+        model._grid_index(too_long)

@@ -127,14 +127,29 @@ def test_filters_and_schedules():
     assert guidance_at(3.0, "cosine", 9, 10) == pytest.approx(3.0)
 
 
+def _assert_sampling_matches_training_forward(model) -> None:
+    """Sample two images (one code a step, KV cache), then run the training forward on the
+    sampled sequences: its logits along the image must equal the sampler's step by step."""
+    from unified_ar.sampling import left_pad, positions
+    from unified_ar.sequences import generation_example
+
+    cfg = ImageSamplingConfig(guidance_scale=None, temperature=1.0, decode_images=False)
+    sample = generate_images(model, CAPTIONS[:2], seeds=3, cfg=cfg, keep_logits=True)
+    rows = [generation_example(model.layout, model.tokenizer, c, codes.flatten(), False).input_ids
+            for c, codes in zip(CAPTIONS[:2], sample.codes)]
+    ids, mask = left_pad(rows, model.layout.pad_id)
+    logits = model({"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}).logits
+    start, stop = model.layout.image_id_range()
+    n = model.num_image_tokens
+    first = ids.shape[1] - n - 2  # left-padded: image ids then <|image_end|> <eos> at the end
+    train_logits = logits[:, first - 1: first - 1 + n, start:stop]  # predicting code j from position j-1
+    torch.testing.assert_close(torch.stack(sample.logits, 1), train_logits.float(), atol=1e-4, rtol=0)
+
+
 def test_semantic_gen_input_features_match_training_forward(tmp_path):
     """At sampling time the input at code j's position is embed + gen_projector(TokLIP causal
     feature j), built one code a step from TokLIP's cache; the training forward builds the same
-    from all codes at once. Equal logits along the whole image prove it."""
-    import importlib.util
-
-    if importlib.util.find_spec("unified_ar.tokenizer.toklip") is None:
-        pytest.skip("unified_ar.tokenizer.toklip has not landed yet")
+    from all codes at once."""
     from unified_helpers import TINY_VQ
 
     toklip = {"vq_cfg": TINY_VQ, "img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2}
@@ -142,19 +157,19 @@ def test_semantic_gen_input_features_match_training_forward(tmp_path):
                        **{"toklip.overrides": toklip})
     randomize_(model.gen_projector, seed=2)  # zero-initialised last layer would make this vacuous
     randomize_(model.llm, seed=5, scale=3.0)
-    cfg = ImageSamplingConfig(guidance_scale=None, temperature=1.0, decode_images=False)
-    sample = generate_images(model, CAPTIONS[:2], seeds=3, cfg=cfg, keep_logits=True)
-    from unified_ar.sampling import left_pad
-    from unified_ar.sequences import generation_example
+    _assert_sampling_matches_training_forward(model)
 
-    rows = [generation_example(model.layout, model.tokenizer, c, codes.flatten(), False).input_ids
-            for c, codes in zip(CAPTIONS[:2], sample.codes)]
-    ids, mask = left_pad(rows, model.layout.pad_id)
-    from unified_ar.sampling import positions
 
-    logits = model({"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}).logits
-    start, stop = model.layout.image_id_range()
-    n = model.num_image_tokens
-    first = ids.shape[1] - n - 2  # left-padded: image ids then <|image_end|> <eos> at the end
-    train_logits = logits[:, first - 1: first - 1 + n, start:stop]  # predicting code j from position j-1
-    torch.testing.assert_close(torch.stack(sample.logits, 1), train_logits.float(), atol=1e-4, rtol=0)
+def test_image_position_embedding_matches_training_forward(tmp_path):
+    """The sampler adds grid index t's embedding to the code it feeds at step t; the training
+    forward finds the same indices from the runs of image ids."""
+    model = tiny_model(tmp_path, image_position_embedding=True)
+    randomize_(model.llm, seed=5, scale=3.0)
+    torch.nn.init.normal_(model.image_pos_embed.weight, std=3.0)  # large, so a wrong index shows
+    _assert_sampling_matches_training_forward(model)
+    # and the embedding matters: without it the forward's image logits change
+    plain = tiny_model(tmp_path / "plain")
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("image_pos_embed")})
+    ids = torch.tensor([[model.layout.image_start_id] + list(range(model.layout.code_offset,
+                                                                   model.layout.code_offset + 4))])
+    assert not torch.allclose(model({"input_ids": ids}).logits, plain({"input_ids": ids}).logits)

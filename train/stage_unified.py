@@ -78,7 +78,8 @@ def check_stage(config: StageConfig, source: str) -> None:
 
 # with ``init_from``, the saved model's own config gives the LLM, VQ, TokLIP and tokenizer; these
 # fields of ``model`` must then agree with it, and these are the stage's own (loss weights)
-INIT_MUST_AGREE = ("image_size", "projector", "comprehension_features", "semantic_gen_input")
+INIT_MUST_AGREE = ("image_size", "projector", "comprehension_features", "semantic_gen_input",
+                   "image_position_embedding")
 STAGE_MODEL_FIELDS = ("text_loss_weight", "image_loss_weight")
 
 

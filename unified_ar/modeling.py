@@ -9,6 +9,9 @@ TokLIP token encoder (frozen by default), and projectors from visual features to
   ``embed(id(c_j)) + gen_projector(TokLIP_causal(c_0..c_j)[j])``: the feature of the
   codes already in the input. The causal encoder makes this identical at training
   time (one pass over all codes) and sampling time (TokLIP's cache, one code a step).
+- With ``image_position_embedding`` every image position (a generated image's ids and a shown
+  image's feature slots) also gets a learned embedding of its grid index 0..N-1, so a token
+  knows which cell it is in without counting from ``<|image_start|>`` through RoPE.
 """
 from __future__ import annotations
 
@@ -54,6 +57,8 @@ class UnifiedConfig:
     # (Chameleon-style; understanding and generation then share those embeddings; no projector)
     comprehension_features: Literal["toklip", "vq", "tokens"] = "toklip"
     semantic_gen_input: bool = False
+    # a learned embedding of the grid index added at every image position (docs/MODEL.md)
+    image_position_embedding: bool = False
     text_loss_weight: float = 1.0
     image_loss_weight: float = 1.0
 
@@ -162,6 +167,11 @@ class UnifiedARModel(nn.Module):
                 if config.semantic_gen_input else None
             )
         self.grid = (self.vq.grid_size(config.image_size),) * 2
+        self.image_pos_embed = None
+        if config.image_position_embedding:
+            with torch.device(device):
+                self.image_pos_embed = nn.Embedding(self.num_image_tokens, hidden)
+            nn.init.normal_(self.image_pos_embed.weight, std=0.02)
         for part, cfg in ((self.vq, config.vq), (self.toklip, config.toklip)):
             if part is not None and not cfg.trainable:
                 part.requires_grad_(False)
@@ -212,9 +222,13 @@ class UnifiedARModel(nn.Module):
             feats = self.vq.code_embeddings(codes).flatten(2).transpose(1, 2)
         return self.projector(feats.to(self.projector.net[0].weight.dtype))
 
-    def gen_embeds(self, ids: torch.Tensor, toklip_tokens: torch.Tensor | None) -> torch.Tensor:
-        """Input embeddings of image ids [B,k] (+ projected causal TokLIP tokens [B,k,d]) -> [B,k,H]."""
+    def gen_embeds(self, ids: torch.Tensor, toklip_tokens: torch.Tensor | None, first_index: int) -> torch.Tensor:
+        """Input embeddings of image ids [B,k] at grid indices ``first_index``.. (+ projected causal
+        TokLIP tokens [B,k,d]) -> [B,k,H]."""
         embeds = self.llm.get_input_embeddings()(ids)
+        if self.image_pos_embed is not None:
+            index = torch.arange(first_index, first_index + ids.shape[1], device=ids.device)
+            embeds = embeds + self.image_pos_embed(index).to(embeds.dtype)
         if self.gen_projector is None:
             return embeds
         if toklip_tokens is None:
@@ -256,7 +270,21 @@ class UnifiedARModel(nn.Module):
             if bool(image.any()):
                 extra = self._project_gen(self._gen_features(input_ids)).to(embeds.dtype)
                 embeds = embeds.masked_scatter(image[..., None], embeds[image] + extra)
+        if self.image_pos_embed is not None:
+            for mask in (slots, self.layout.is_image_id(input_ids)):
+                if bool(mask.any()):
+                    extra = self.image_pos_embed(self._grid_index(mask)).to(embeds.dtype)
+                    embeds = embeds.masked_scatter(mask[..., None], embeds[mask] + extra)
         return embeds
+
+    def _grid_index(self, mask: torch.Tensor) -> torch.Tensor:
+        """For each True of ``mask`` [B,L] (row-major), its index within its run: the grid index."""
+        starts, lengths = _runs(mask)
+        if bool((lengths > self.num_image_tokens).any()):
+            raise ValueError(f"image_position_embedding: image runs of lengths {lengths.tolist()}; none may "
+                             f"exceed {self.num_image_tokens} ({self.grid[0]}x{self.grid[1]})")
+        run_start = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+        return torch.arange(int(lengths.sum()), device=mask.device) - run_start
 
     # -- forward --------------------------------------------------------------------------
     def run_llm(self, embeds, attention_mask=None, position_ids=None, cache=None, use_cache=False,

@@ -223,7 +223,7 @@ def decode_n_tokens(model, logits, state: DecodeState, n: int, generators, cfg: 
         if cfg_rows:
             ids = ids.repeat(2, 1)
             feats = feats.repeat(2, 1, 1) if feats is not None else None
-        logits, state = decode_one_token(model, model.gen_embeds(ids, feats), state)
+        logits, state = decode_one_token(model, model.gen_embeds(ids, feats, t), state)
     return torch.stack(codes, dim=1), kept
 
 
