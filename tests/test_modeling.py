@@ -123,6 +123,25 @@ def test_save_load_gives_identical_logits(tmp_path):
         "llm.safetensors", "projector.safetensors", "vq.safetensors"]
 
 
+def test_save_load_keeps_every_parameter_of_every_part(tmp_path):
+    """Every tensor of the model comes back, the image position embedding included (it was once
+    left out of the saved parts and silently re-initialised on load)."""
+    from unified_ar.modeling import UnifiedARModel
+
+    model = tiny_model(tmp_path / "tok", image_position_embedding=True)
+    randomize_(model, seed=6)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "image_pos_embed.safetensors").is_file()
+    loaded = UnifiedARModel.from_pretrained(tmp_path / "ckpt")
+    before, after = model.state_dict(), loaded.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    (tmp_path / "ckpt" / "image_pos_embed.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="missing weights of part 'image_pos_embed'"):
+        UnifiedARModel.from_pretrained(tmp_path / "ckpt")
+
+
 def test_toklip_features_save_load_and_shared_vq(tmp_path):
     from unified_ar.modeling import UnifiedARModel
     from unified_helpers import TINY_VQ

@@ -338,17 +338,12 @@ class UnifiedARModel(nn.Module):
 
     # -- save / load ----------------------------------------------------------------------
     def _saved_parts(self) -> dict[str, nn.Module]:
-        """Parts written to safetensors; frozen VQ/TokLIP loaded from a path are referenced instead."""
-        parts = {"llm": self.llm}
-        if self.projector is not None:
-            parts["projector"] = self.projector
-        if self.gen_projector is not None:
-            parts["gen_projector"] = self.gen_projector
-        for name, cfg in (("vq", self.config.vq), ("toklip", self.config.toklip)):
-            module = getattr(self, name)
-            if module is not None and (cfg.trainable or cfg.path is None):
-                parts[name] = module
-        return parts
+        """Every child module, each written to its own safetensors file, except a frozen VQ/TokLIP
+        loaded from a path (the config references it). A module added to the model is saved
+        without being listed here."""
+        referenced = {name for name, cfg in (("vq", self.config.vq), ("toklip", self.config.toklip))
+                      if not cfg.trainable and cfg.path is not None}
+        return {name: module for name, module in self.named_children() if name not in referenced}
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``unified_config.json``, the LLM's HF config, one safetensors file per part, the tokenizer."""
