@@ -88,9 +88,11 @@ VQ_PRESETS: dict[str, VQConfig] = {
     # Shapes world: 96 px -> 6x6 codes; ~170 distinct 16x16 patches, so 256 codes suffice. No res
     # blocks in the encoder levels (1 per decoder level): the 96 px convs dominate CPU time.
     # Equals configs/vq/shapes.yaml.
+    # patch-local encoder + entropy loss: a code per distinct 16x16 patch (docs/TOKENIZER.md, session 6)
     "VQ-shapes": VQConfig(codebook_size=256, codebook_embed_dim=8, z_channels=64, ch=32, num_res_blocks=0,
                           encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4],
-                          codebook_restart_every=20, foreground_loss_weight=30.0, foreground_loss_steps=1400),
+                          codebook_restart_every=20, foreground_loss_weight=30.0, foreground_loss_steps=1400,
+                          encoder_patch_local=True, norm_groups=1, entropy_loss_ratio=0.1),
 }
 
 
