@@ -92,3 +92,5 @@ def test_init_from_takes_the_stages_loss_weights_and_rejects_a_changed_model(tmp
     assert (model.config.image_loss_weight, model.config.text_loss_weight) == (4.0, 1.0)
     with pytest.raises(ConfigError, match=r"model.comprehension_features = 'toklip' \(init_from has 'vq'\)"):
         build_model(replace(config, model=tiny_config(comprehension_features="toklip")))
+    with pytest.raises(ConfigError, match=r"model.image_position_embedding = True \(init_from has False\)"):
+        build_model(replace(config, model=tiny_config(image_position_embedding=True)))
