@@ -2,7 +2,8 @@
 
 Images come from a folder (``--images DIR``: ``NNNN.png`` named by the prompt's
 ``index``) or are sampled from a model (``--model DIR``; written to
-``OUT/images/NNNN.png``, existing files are kept, so a killed run resumes).
+``OUT/images/NNNN.png``, existing files are kept, so a killed run resumes; ``OUT/images/sampling.json``
+records the model, guidance and seed, and a folder sampled with other settings is an error).
 Prompts are JSONL ``{"index", "prompt", "spec"}`` (the Shapes world's
 ``t2i_prompts_{split}.jsonl``). Reported: ShapesEval (when prompts carry a
 spec), TokLIP score (``--toklip DIR --text-tokenizer DIR``), FID
@@ -183,8 +184,39 @@ def _images(args: argparse.Namespace, prompts: list[dict], out: Path) -> tuple[l
     from unified_ar.eval.model_adapter import load_image_fn
 
     folder = out / "images"
+    check_sampling_settings(folder, sampling_settings(args.model, args.cfg_scale, args.seed))
     generate_missing(load_image_fn(args.model, args.cfg_scale, args.seed), prompts, folder, args.batch_size)
     return read_images(folder, prompts), folder
+
+
+SETTINGS_NAME = "sampling.json"
+
+
+def sampling_settings(model_dir: str | Path, cfg_scale: float, seed: int) -> dict:
+    """What the images in ``OUT/images`` were sampled with: the model directory, its weight files
+    (name, size, mtime) so a retrained model in the same place counts as another, guidance, seed."""
+    model = Path(model_dir).resolve()
+    weights = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(model.glob("*.safetensors"))}
+    return {"model": str(model), "weights": weights, "cfg_scale": cfg_scale, "seed": seed}
+
+
+def check_sampling_settings(folder: Path, settings: dict) -> None:
+    """A resumed run keeps the images already drawn, so they must come from the same settings:
+    a folder sampled otherwise is an error naming what differs (nothing is deleted)."""
+    path = folder / SETTINGS_NAME
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        differ = [k for k in settings if saved.get(k) != settings[k]]
+        if differ:
+            shown = ", ".join(f"{k}: {saved.get(k)!r} there, {settings[k]!r} now" for k in differ
+                              if k != "weights") or "the model's weight files changed"
+            raise ValueError(f"{folder} holds images sampled with other settings ({shown}); "
+                             f"use another --out or delete {folder}")
+    elif folder.is_dir() and any(folder.glob("*.png")):
+        raise ValueError(f"{folder} holds images but no {SETTINGS_NAME}: their settings are unknown; "
+                         f"use another --out or delete {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1) + "\n")
 
 
 def evaluate(args: argparse.Namespace) -> dict:

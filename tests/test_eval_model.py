@@ -38,5 +38,14 @@ def test_eval_t2i_with_a_model(model_dir, shapes_world, tmp_path, capsys):
     assert eval_t2i(args) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["num_images"] == 3 and 0.0 <= metrics["shapes_eval"]["exact"] <= 1.0
-    assert sorted(p.name for p in (tmp_path / "t2i" / "images").iterdir()) == ["0000.png", "0001.png", "0002.png"]
+    assert sorted(p.name for p in (tmp_path / "t2i" / "images").iterdir()) == [
+        "0000.png", "0001.png", "0002.png", "sampling.json"]
     assert (tmp_path / "geneval" / "00002" / "samples" / "00000.png").is_file()
+    # the same settings resume (nothing to draw); other settings never reuse those images
+    assert eval_t2i(args) == 0
+    capsys.readouterr()
+    assert eval_t2i([*args, "--cfg-scale", "2.0"]) == 2
+    assert "cfg_scale: 1.0 there, 2.0 now" in capsys.readouterr().err
+    (tmp_path / "t2i" / "images" / "sampling.json").unlink()
+    assert eval_t2i(args) == 2
+    assert "holds images but no sampling.json" in capsys.readouterr().err
