@@ -279,7 +279,7 @@ class UnifiedARModel(nn.Module):
 
     def _grid_index(self, mask: torch.Tensor) -> torch.Tensor:
         """For each True of ``mask`` [B,L] (row-major), its index within its run: the grid index."""
-        starts, lengths = _runs(mask)
+        _, lengths = _runs(mask)
         if bool((lengths > self.num_image_tokens).any()):
             raise ValueError(f"image_position_embedding: image runs of lengths {lengths.tolist()}; none may "
                              f"exceed {self.num_image_tokens} ({self.grid[0]}x{self.grid[1]})")
