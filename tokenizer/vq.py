@@ -61,7 +61,7 @@ class VQConfig:
     # names), so equal patches get equal codes. The whole-image encoder lets an empty patch's
     # code carry its neighbours' detail. A patch is 1x1 at the lowest level, where GroupNorm
     # with several groups normalises each group's few channels away: use norm_groups 1 with it.
-    # Measured on the Shapes world, not the default (docs/TOKENIZER.md).
+    # Off by default (LlamaGen's behaviour); the VQ-shapes preset uses it (docs/TOKENIZER.md).
     encoder_patch_local: bool = False
 
     def __post_init__(self):

@@ -158,10 +158,13 @@ class UnifiedARModel(nn.Module):
         hidden = llm_hidden_size(self.llm)
         needs_toklip = config.comprehension_features == "toklip" or config.semantic_gen_input
         self.toklip = _build_toklip(config.toklip, device, self.vq) if needs_toklip else None
-        in_dim = self.toklip.feature_dim if config.comprehension_features == "toklip" else self.vq.config.codebook_embed_dim
+        self.projector = None
+        if config.comprehension_features != "tokens":  # "tokens" reads the LLM's own embeddings
+            in_dim = (self.toklip.feature_dim if config.comprehension_features == "toklip"
+                      else self.vq.config.codebook_embed_dim)
+            with torch.device(device):
+                self.projector = Projector(config.projector, in_dim, hidden)
         with torch.device(device):
-            self.projector = (Projector(config.projector, in_dim, hidden)
-                              if config.comprehension_features != "tokens" else None)
             self.gen_projector = (
                 Projector(config.projector, self.toklip.feature_dim, hidden, zero_init_last=True)
                 if config.semantic_gen_input else None
@@ -265,13 +268,12 @@ class UnifiedARModel(nn.Module):
         if m:
             feats = self.comprehension_embeds(image_codes).to(embeds.dtype)
             embeds = embeds.masked_scatter(slots[..., None], feats)
-        if self.gen_projector is not None:
-            image = self.layout.is_image_id(input_ids)
-            if bool(image.any()):
-                extra = self._project_gen(self._gen_features(input_ids)).to(embeds.dtype)
-                embeds = embeds.masked_scatter(image[..., None], embeds[image] + extra)
+        image = self.layout.is_image_id(input_ids)
+        if self.gen_projector is not None and bool(image.any()):
+            extra = self._project_gen(self._gen_features(input_ids)).to(embeds.dtype)
+            embeds = embeds.masked_scatter(image[..., None], embeds[image] + extra)
         if self.image_pos_embed is not None:
-            for mask in (slots, self.layout.is_image_id(input_ids)):
+            for mask in (slots, image):
                 if bool(mask.any()):
                     extra = self.image_pos_embed(self._grid_index(mask)).to(embeds.dtype)
                     embeds = embeds.masked_scatter(mask[..., None], embeds[mask] + extra)
