@@ -37,17 +37,18 @@ def _require(module: Any, name: str) -> Callable:
     return fn
 
 
-def load_model(model_dir: str):
-    """``UnifiedARModel.from_pretrained(model_dir)`` in eval mode."""
+def load_model(model_dir: str, device: str = "auto"):
+    """``UnifiedARModel.from_pretrained(model_dir)`` on ``device`` (``--device``), in eval mode."""
+    from unified_ar.devices import resolve_device
     from unified_ar.modeling import UnifiedARModel
 
-    return UnifiedARModel.from_pretrained(model_dir).eval()
+    return UnifiedARModel.from_pretrained(model_dir, device=resolve_device(device)).eval()
 
 
-def load_answer_fn(model_dir: str, max_new_tokens: int = 16) -> Callable:
+def load_answer_fn(model_dir: str, max_new_tokens: int = 16, device: str = "auto") -> Callable:
     """``answer_fn`` for ``model_dir``: greedy answers of at most ``max_new_tokens`` tokens."""
     answer_questions = _require(_sampling(), "answer_questions")
-    model = load_model(model_dir)
+    model = load_model(model_dir, device)
 
     def answer_fn(batch: list) -> list[str]:
         images = [s.load_image() for s in batch]
@@ -60,7 +61,7 @@ def load_answer_fn(model_dir: str, max_new_tokens: int = 16) -> Callable:
     return answer_fn
 
 
-def load_image_fn(model_dir: str, cfg_scale: float | None = 1.0, seed: int = 0) -> Callable:
+def load_image_fn(model_dir: str, cfg_scale: float | None = 1.0, seed: int = 0, device: str = "auto") -> Callable:
     """``image_fn(prompts, indices)`` for ``model_dir``; prompt ``indices[i]`` is sampled with seed
     ``seed + indices[i]``, so a resumed or re-batched run draws the same images."""
     import numpy as np
@@ -68,7 +69,7 @@ def load_image_fn(model_dir: str, cfg_scale: float | None = 1.0, seed: int = 0) 
     sampling = _sampling()
     generate_images = _require(sampling, "generate_images")
     cfg = _require(sampling, "ImageSamplingConfig")(guidance_scale=cfg_scale)
-    model = load_model(model_dir)
+    model = load_model(model_dir, device)
 
     def image_fn(prompts: list[str], indices: list[int]) -> list:
         samples = generate_images(model, prompts, seeds=[seed + i for i in indices], cfg=cfg)

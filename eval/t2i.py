@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from unified_ar.config import from_dict
+from unified_ar.devices import DEVICE_HELP
 from unified_ar.train.shapes.world import WorldConfig
 
 
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance (model mode)")
     p.add_argument("--seed", type=int, default=0, help="prompt i is sampled with seed + index")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (model mode)")
     p.add_argument("--geneval-out", default=None, help="also export the GenEval folder layout here")
     p.add_argument("--toklip", default=None, help="TokLIP model folder: report the TokLIP score")
     p.add_argument("--text-tokenizer", default=None, help="text tokenizer folder for --toklip")
@@ -185,7 +187,8 @@ def _images(args: argparse.Namespace, prompts: list[dict], out: Path) -> tuple[l
 
     folder = out / "images"
     check_sampling_settings(folder, sampling_settings(args.model, args.cfg_scale, args.seed))
-    generate_missing(load_image_fn(args.model, args.cfg_scale, args.seed), prompts, folder, args.batch_size)
+    generate_missing(load_image_fn(args.model, args.cfg_scale, args.seed, args.device), prompts, folder,
+                     args.batch_size)
     return read_images(folder, prompts), folder
 
 

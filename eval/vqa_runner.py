@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from unified_ar.devices import DEVICE_HELP
 from unified_ar.eval.benchmarks.base import BENCHMARKS, BenchmarkOptions, VQASample, get_benchmark
 from unified_ar.eval.predictions import append_records, merge_shards, read_predictions, repair_tail, shard_path
 from unified_ar.eval.vqa_accuracy import ANSWER_PROCESSING
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-answer-suffix", default=None)
     p.add_argument("--multiple-choice-suffix", default=None)
     p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--submission", default=None,
                    help="vqav2/vizwiz: also write the EvalAI upload file here (test splits)")
     return p
@@ -193,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from unified_ar.eval.model_adapter import load_answer_fn
 
-    answer_fn = load_answer_fn(args.model, max_new_tokens=args.max_new_tokens)
+    answer_fn = load_answer_fn(args.model, max_new_tokens=args.max_new_tokens, device=args.device)
     out = Path(args.out or Path("eval_out") / args.benchmark)
     if args.submission:
         samples = get_benchmark(args.benchmark).load(args.data, options)[: args.limit]

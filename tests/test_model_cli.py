@@ -92,3 +92,35 @@ def test_gpu_check_runs_its_checks_on_the_cpu(capsys):
     assert out.count("greedy codes equal to dynamic's: 1.000") == 3
     assert "sdpa default kernel:" in out and "toklip_features" in out
     assert "all checks passed" in out
+
+
+def test_device_option_names_what_this_machine_lacks(saved, tmp_path, capsys):
+    import torch
+
+    from unified_ar.config import ConfigError
+    from unified_ar.devices import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("tpu", "gpu0", "cuda:99"):
+        with pytest.raises(ConfigError, match="--device"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        prompts = tmp_path / "prompts.txt"
+        prompts.write_text("a red circle\n")
+        assert cli_main(["sample", "--model", str(saved), "--prompts", str(prompts), "--out", str(tmp_path / "o"),
+                         "--device", "cuda"]) == 2
+        assert "no CUDA device here" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="loading onto a GPU needs CUDA")
+def test_from_pretrained_puts_every_part_on_the_gpu(saved, tmp_path):
+    import torch
+
+    from unified_ar.modeling import UnifiedARModel
+
+    model = UnifiedARModel.from_pretrained(saved, device="cuda")
+    assert {p.device.type for p in model.parameters()} | {b.device.type for b in model.buffers()} == {"cuda"}
+    cpu = UnifiedARModel.from_pretrained(saved)
+    for (name, a), b in zip(model.state_dict().items(), cpu.state_dict().values()):
+        assert torch.equal(a.cpu(), b), name

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from unified_ar.tokenizer.attention import attention, check_backend
+from unified_ar.tokenizer.losses import codebook_losses, entropy_loss, reconstruction_loss
 from unified_ar.tokenizer.vq import VQ_PRESETS, VQConfig, VQModel, load_strict
 
 
@@ -260,3 +261,78 @@ def test_patch_local_gradients_match_encoding_every_patch():
     model.encoder(patches).pow(2).sum().backward()
     full = model.encoder.conv_in.weight.grad
     torch.testing.assert_close(deduplicated, full, rtol=1e-3, atol=1e-4 * full.abs().max().item())  # summation order
+
+
+def test_patch_local_decoder_draws_each_code_alone():
+    torch.manual_seed(0)
+    cfg = replace(_tiny_official_config(), decoder_patch_local=True)
+    model = VQModel(cfg).eval()
+    codes = torch.randint(0, cfg.codebook_size, (2, 2, 3))
+    changed = codes.clone()
+    changed[:, 1] = (codes[:, 1] + 1) % cfg.codebook_size  # new codes in the bottom row
+    with torch.no_grad():
+        pixels, other = model.decode(codes), model.decode(changed)
+        # equal to decoding every position (no deduplication) and to decoding the code alone
+        torch.testing.assert_close(pixels, model.decode_latent(model.code_embeddings(codes)))
+        alone = model.decoder(model.post_quant_conv(model.code_embeddings(codes[:1, :1, 2:3])))
+    assert pixels.shape == (2, 3, 32, 48)
+    torch.testing.assert_close(pixels[:1, :, :16, 32:48], alone, rtol=1e-5, atol=1e-5)
+    assert torch.equal(pixels[:, :, :16], other[:, :, :16])
+    whole = VQModel(replace(cfg, decoder_patch_local=False)).eval()
+    whole.load_state_dict(model.state_dict())  # same parameters, same key names
+    assert not torch.allclose(whole.decode(codes), pixels)
+
+
+def test_all_patch_local_training_step_equals_the_per_position_one():
+    """Encoder, quantizer and decoder run once per distinct patch; losses and gradients equal the
+    per-position computation (the repeats' gradients are summed by the gathers)."""
+    torch.manual_seed(0)
+    cfg = replace(_tiny_official_config(), encoder_patch_local=True, decoder_patch_local=True, norm_groups=1,
+                  entropy_loss_ratio=0.1)
+    model = VQModel(cfg).train()
+    pixels = -torch.ones(3, 3, 32, 48)
+    pixels[:, :, :16, 16:32] = torch.rand(3, 16, 16) * 2 - 1  # one patch repeated in every image
+    pixels[0, :, 16:, :16] = 0.3
+    out = model(pixels)
+    out.loss.backward()
+    deduplicated = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    z, z_q, codes, dist, _ = model._latent(pixels)  # per position: every patch through the decoder
+    recon = model.decode_latent((z + (z_q - z).detach()).permute(0, 3, 1, 2))
+    loss = (reconstruction_loss(recon, pixels, "l2") + sum(codebook_losses(z, z_q, cfg.commit_loss_beta))
+            + cfg.entropy_loss_ratio * entropy_loss(-dist))
+    torch.testing.assert_close(out.recon, recon)
+    torch.testing.assert_close(out.codes, codes)
+    torch.testing.assert_close(out.loss, loss)
+    loss.backward()
+    # rounding only (summation order), measured against the largest gradient: attention over one
+    # position has query/key gradients that are zero up to rounding
+    scale = max(p.grad.abs().max().item() for p in model.parameters() if p.grad is not None)
+    for name, p in model.named_parameters():
+        if name in deduplicated:
+            torch.testing.assert_close(deduplicated[name], p.grad, rtol=1e-3, atol=1e-5 * scale)
+
+
+def test_code_search_runs_in_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = VQModel(_tiny_official_config())
+    z = torch.randn(2, model.config.codebook_embed_dim, 3, 3)
+    _, _, codes, dist = model.quantize(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, _, codes_autocast, dist_autocast = model.quantize(z)
+    assert dist_autocast.dtype == torch.float32
+    torch.testing.assert_close(dist_autocast, dist)
+    assert torch.equal(codes_autocast, codes)
+
+
+@pytest.mark.parametrize("patch_local", [False, True])
+def test_bf16_weights_take_fp32_pixels(patch_local):
+    """DeepSpeed bf16 casts the weights, not the batch: training and decoding still run."""
+    torch.manual_seed(0)
+    cfg = replace(_tiny_official_config(), encoder_patch_local=patch_local, decoder_patch_local=patch_local,
+                  norm_groups=1 if patch_local else 32)
+    model = VQModel(cfg).to(torch.bfloat16).train()
+    out = model(torch.rand(2, 3, 32, 32) * 2 - 1)
+    out.loss.backward()
+    assert out.recon.dtype == torch.bfloat16 and model.encoder.conv_in.weight.grad is not None
+    assert model.eval().decode(out.codes).shape == (2, 3, 32, 32)

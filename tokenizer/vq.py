@@ -63,6 +63,12 @@ class VQConfig:
     # with several groups normalises each group's few channels away: use norm_groups 1 with it.
     # Off by default (LlamaGen's behaviour); the VQ-shapes preset uses it (docs/TOKENIZER.md).
     encoder_patch_local: bool = False
+    # not in LlamaGen: the decoder's mirror image. Each code is decoded on its own into its f x f
+    # patch (same weights and key names), so a code always draws the same pixels. With both
+    # patch-local, training runs encoder, quantizer and decoder once per distinct patch of the
+    # batch (the losses still weigh every position): exact, and several times cheaper on mostly
+    # empty images. Off by default; the VQ-shapes preset uses it (docs/TOKENIZER.md, session 7).
+    decoder_patch_local: bool = False
 
     def __post_init__(self):
         if len(self.encoder_ch_mult) != len(self.decoder_ch_mult):
@@ -92,7 +98,8 @@ VQ_PRESETS: dict[str, VQConfig] = {
     "VQ-shapes": VQConfig(codebook_size=256, codebook_embed_dim=8, z_channels=64, ch=32, num_res_blocks=0,
                           encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4],
                           codebook_restart_every=20, foreground_loss_weight=30.0, foreground_loss_steps=1400,
-                          encoder_patch_local=True, norm_groups=1, entropy_loss_ratio=0.1),
+                          encoder_patch_local=True, decoder_patch_local=True, norm_groups=1,
+                          entropy_loss_ratio=0.1),
 }
 
 
@@ -112,6 +119,12 @@ def grid_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
     n, c, height, width = images.shape
     h, w = height // patch, width // patch
     return images.reshape(n, c, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5).reshape(n * h * w, c * patch * patch)
+
+
+def fold_patches(patches: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+    """The inverse of :func:`grid_patches`: [n*h*w, C, p, p] (row-major per image) -> [n, C, h*p, w*p]."""
+    c, p = patches.shape[1], patches.shape[-1]
+    return patches.reshape(n, h, w, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h * p, w * p)
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -286,12 +299,16 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """z [B,dim,h,w] -> (z normalised [B,h,w,dim], z_q [B,h,w,dim], codes [B,h,w], distances [M,K])."""
-        z = z.permute(0, 2, 3, 1).float()  # nearest-code search in fp32, also under bf16 autocast
-        if self.config.codebook_l2_norm:
-            z = F.normalize(z, dim=-1)
-        emb = self.codebook()
-        flat = z.reshape(-1, z.shape[-1])
-        dist = flat.pow(2).sum(1, keepdim=True) + emb.pow(2).sum(1) - 2 * flat @ emb.t()
+        # nearest-code search in fp32 also under bf16 autocast (which would run the matmul in bf16:
+        # training codes could then differ from eval's, and the entropy loss's logits, -dist / 0.01,
+        # would carry bf16 rounding of the distances x 100)
+        with torch.autocast(z.device.type, enabled=False):
+            z = z.permute(0, 2, 3, 1).float()
+            if self.config.codebook_l2_norm:
+                z = F.normalize(z, dim=-1)
+            emb = self.codebook().float()
+            flat = z.reshape(-1, z.shape[-1])
+            dist = flat.pow(2).sum(1, keepdim=True) + emb.pow(2).sum(1) - 2 * flat @ emb.t()
         codes = dist.argmin(dim=1).view(z.shape[:-1])
         return z, emb[codes], codes, dist
 
@@ -353,11 +370,13 @@ class VQModel(nn.Module):
             raise ValueError(f"image size {image_size} is not a multiple of the VQ downsampling factor {f}")
         return image_size // f
 
-    def _check_pixels(self, pixels: torch.Tensor) -> None:
+    def _input_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Check the shape; cast to the weights' dtype (bf16 weights under DeepSpeed bf16, fp32 pixels)."""
         if pixels.dim() != 4 or pixels.shape[1] != 3:
             raise ValueError(f"expected pixels [B,3,H,W] in [-1,1], got shape {tuple(pixels.shape)}")
         self.grid_size(pixels.shape[-1])
         self.grid_size(pixels.shape[-2])
+        return pixels.to(self.encoder.conv_in.weight.dtype)
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B,3,H,W] -> encoder features [B,z_channels,H/f,W/f], per patch when
@@ -373,10 +392,34 @@ class VQModel(nn.Module):
         return z.flatten(1)[index].reshape(b, height // f, width // f, -1).permute(0, 3, 1, 2)
 
     def _latent(self, pixels: torch.Tensor, restart: bool = False):
-        self._check_pixels(pixels)
-        h = self.quant_conv(self._encode(pixels))
+        h = self.quant_conv(self._encode(self._input_pixels(pixels)))
         restarted = self.quantize.restart_dead(h) if restart else 0
         return (*self.quantize(h), restarted)
+
+    def _reconstruct(self, pixels: torch.Tensor, restart: bool):
+        """pixels -> (z, z_q [B,h,w,dim], codes [B,h,w], distances [B*h*w,K], restarted, recon [B,3,H,W]),
+        the decoder reading z_q with a straight-through gradient to the encoder's z."""
+        cfg = self.config
+        if not (cfg.encoder_patch_local and cfg.decoder_patch_local):
+            z, z_q, codes, dist, restarted = self._latent(pixels, restart)
+            z_st = z + (z_q - z).detach()
+            return z, z_q, codes, dist, restarted, self.decode_latent(z_st.permute(0, 3, 1, 2))
+        # all per patch: run everything once per distinct patch, then gather to every position.
+        # Equal patches have equal z, codes and targets, so the gathers' backward (a sum over the
+        # repeats) gives the gradients of the per-position computation.
+        pixels = self._input_pixels(pixels)
+        f = cfg.downsample_factor
+        b, c, height, width = pixels.shape
+        h, w = height // f, width // f
+        distinct, index = torch.unique(grid_patches(pixels, f), dim=0, return_inverse=True)
+        latent = self.quant_conv(self.encoder(distinct.reshape(-1, c, f, f)))  # [P,dim,1,1]
+        restarted = self.quantize.restart_dead(latent) if restart else 0
+        z, z_q, codes, dist = self.quantize(latent)  # [P,1,1,dim], [P,1,1,dim], [P,1,1], [P,K]
+        z, z_q = z.flatten(0, 2), z_q.flatten(0, 2)
+        patches = self._decode_patches(z + (z_q - z).detach())
+        grid = (b, h, w)
+        return (z[index].reshape(*grid, -1), z_q[index].reshape(*grid, -1), codes.flatten()[index].reshape(grid),
+                dist[index], restarted, fold_patches(patches[index], *grid))
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -389,13 +432,26 @@ class VQModel(nn.Module):
             raise ValueError(f"expected codes [B,h,w], got shape {tuple(codes.shape)}")
         return self.quantize.lookup(codes).permute(0, 3, 1, 2).contiguous()
 
+    def _decode_patches(self, z_q: torch.Tensor) -> torch.Tensor:
+        """Code vectors [P,dim] -> their patches [P,3,f,f], each decoded alone (``decoder_patch_local``)."""
+        return self.decoder(self.post_quant_conv(z_q[:, :, None, None].to(self.post_quant_conv.weight.dtype)))
+
     def decode_latent(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q [B,dim,h,w] -> pixels [B,3,h*f,w*f]."""
-        return self.decoder(self.post_quant_conv(z_q))
+        if not self.config.decoder_patch_local:  # the quantizer's fp32 vectors meet the weights' dtype
+            return self.decoder(self.post_quant_conv(z_q.to(self.post_quant_conv.weight.dtype)))
+        b, dim, h, w = z_q.shape
+        return fold_patches(self._decode_patches(z_q.permute(0, 2, 3, 1).reshape(-1, dim)), b, h, w)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B,h,w] long -> pixels [B,3,h*f,w*f] (unclamped, ~[-1,1])."""
-        return self.decode_latent(self.code_embeddings(codes))
+        if not self.config.decoder_patch_local:
+            return self.decode_latent(self.code_embeddings(codes))
+        if codes.dim() != 3:
+            raise ValueError(f"expected codes [B,h,w], got shape {tuple(codes.shape)}")
+        distinct, index = torch.unique(codes, return_inverse=True)  # each distinct code decoded once
+        patches = self._decode_patches(self.quantize.lookup(distinct))
+        return fold_patches(patches[index.flatten()], *codes.shape)
 
     @property
     def takes_global_step(self) -> bool:
@@ -418,9 +474,7 @@ class VQModel(nn.Module):
         global_step = None
         if isinstance(pixels, dict):
             pixels, global_step = pixels["pixels"], pixels.get("global_step")
-        z, z_q, codes, dist, restarted = self._latent(pixels, restart=self.training)
-        z_st = z + (z_q - z).detach()  # straight-through gradient to the encoder
-        recon = self.decode_latent(z_st.permute(0, 3, 1, 2))
+        z, z_q, codes, dist, restarted, recon = self._reconstruct(pixels, restart=self.training)
         metrics = {"psnr": psnr(recon.detach(), pixels).mean().item()}
         if not self.training:
             return VQOutput(None, recon, codes, metrics)

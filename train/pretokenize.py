@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from unified_ar.devices import DEVICE_HELP
 from unified_ar.train.data.sources import load_rows
 
 SHARD_PATTERN = "codes-{:05d}.parquet"
@@ -57,7 +58,8 @@ def encode_images(vq, paths: list[str], root: Path, image_size: int, batch_size:
         if not pixels:
             continue
         with torch.no_grad():
-            batch_codes = vq.encode(torch.stack(pixels)).flatten(1).to(torch.int32).numpy()
+            batch_codes = vq.encode(torch.stack(pixels).to(vq.quant_conv.weight.device))
+        batch_codes = batch_codes.flatten(1).to(torch.int32).cpu().numpy()
         done.extend(names)
         codes.extend(batch_codes)
     return done, codes
@@ -84,11 +86,13 @@ def write_shards(out: Path, names: list[str], codes: list[np.ndarray], grid: int
 
 
 def pretokenize(vq_path: str, files: list[Path], out: Path, image_size: int, image_root: Path | None = None,
-                batch_size: int = 64, shard_size: int = 50_000, max_bad_fraction: float = 0.01) -> dict:
-    """Encode the images of ``files``; return the summary written to ``out/pretokenize.json``."""
+                batch_size: int = 64, shard_size: int = 50_000, max_bad_fraction: float = 0.01,
+                device: str = "auto") -> dict:
+    """Encode the images of ``files`` on ``device``; return the summary written to ``out/pretokenize.json``."""
+    from unified_ar.devices import resolve_device
     from unified_ar.tokenizer.vq import VQModel
 
-    vq = VQModel.from_pretrained(vq_path).eval()
+    vq = VQModel.from_pretrained(vq_path).to(resolve_device(device)).eval()
     root = image_root or files[0].parent
     paths = image_paths(files)
     failures: list[str] = []
@@ -115,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=50_000)
     parser.add_argument("--max-bad-fraction", type=float, default=0.01)
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args(argv)
     summary = pretokenize(args.vq, args.files, args.out, args.image_size, args.image_root, args.batch_size,
-                          args.shard_size, args.max_bad_fraction)
+                          args.shard_size, args.max_bad_fraction, args.device)
     print(f"pretokenize: {summary['images']} images -> {len(summary['shards'])} shard(s) in {args.out} "
           f"(grid {summary['grid']}x{summary['grid']}, {summary['failed']} failed)")
     for failure in summary["first_failures"][:5]:

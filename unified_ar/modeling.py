@@ -365,9 +365,10 @@ class UnifiedARModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **llm_overrides) -> "UnifiedARModel":
-        """Load a :meth:`save_pretrained` directory (strict; no network). ``llm_overrides``
-        replace LLMConfig fields (e.g. ``attn_implementation="eager"``)."""
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        **llm_overrides) -> "UnifiedARModel":
+        """Load a :meth:`save_pretrained` directory (strict; no network) onto ``device``.
+        ``llm_overrides`` replace LLMConfig fields (e.g. ``attn_implementation="eager"``)."""
         from safetensors.torch import load_model
         from transformers import AutoTokenizer
 
@@ -378,10 +379,11 @@ class UnifiedARModel(nn.Module):
         config = from_dict(UnifiedConfig, json.loads(path.read_text()), str(path))
         config = replace(config, llm=replace(config.llm, **llm_overrides))
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = cls(config, tokenizer)
+        model = cls(config, tokenizer, device=device)
+        model.to(device)  # path-referenced VQ / TokLIP load on the CPU
         for name, module in model._saved_parts().items():
             file = directory / f"{name}.safetensors"
             if not file.is_file():
                 raise FileNotFoundError(f"{file}: missing weights of part {name!r}")
-            load_model(module, str(file), strict=True)
+            load_model(module, str(file), strict=True, device=str(device))
         return model.eval()

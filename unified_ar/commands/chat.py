@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from unified_ar.devices import DEVICE_HELP
+
 HELP = "commands: /draw <caption>, /image <path>, /reset, /quit"
 
 
@@ -89,6 +91,7 @@ class ChatSession:
 def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
+    from unified_ar.devices import resolve_device
     from unified_ar.modeling import UnifiedARModel
 
     p = argparse.ArgumentParser(prog="unified-ar chat", description=__doc__)
@@ -98,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = p.parse_args(argv)
-    session = ChatSession(UnifiedARModel.from_pretrained(args.model), Path(args.out), args.seed,
+    model = UnifiedARModel.from_pretrained(args.model, device=resolve_device(args.device))
+    session = ChatSession(model, Path(args.out), args.seed,
                           args.guidance_scale, args.max_new_tokens)
     if args.image:
         session.attach(Image.open(args.image))

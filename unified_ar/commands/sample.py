@@ -10,6 +10,8 @@ from typing import get_args
 
 from PIL import Image
 
+from unified_ar.devices import DEVICE_HELP
+
 
 def read_prompts(path: str | Path) -> list[str]:
     """JSONL lines with a "prompt" key, or plain text lines (blank lines skipped)."""
@@ -66,19 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", choices=get_args(CacheKind), default="preallocated",
                    help="KV cache (docs/MODEL.md; none = recompute every step)")
     p.add_argument("--attn", choices=["eager", "sdpa", "flash_attention_2"], default=None)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from unified_ar.devices import resolve_device
     from unified_ar.modeling import UnifiedARModel
     from unified_ar.sampling import ImageSamplingConfig, generate_images
 
     args = build_parser().parse_args(argv)
     prompts = read_prompts(args.prompts)
     overrides = {"attn_implementation": args.attn} if args.attn else {}
-    model = UnifiedARModel.from_pretrained(args.model, **overrides)
+    model = UnifiedARModel.from_pretrained(args.model, device=resolve_device(args.device), **overrides)
     cfg = ImageSamplingConfig(
         guidance_scale=None if args.no_cfg else args.guidance_scale, guidance_schedule=args.guidance_schedule,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_batch=args.max_batch,
