@@ -336,3 +336,20 @@ def test_bf16_weights_take_fp32_pixels(patch_local):
     out.loss.backward()
     assert out.recon.dtype == torch.bfloat16 and model.encoder.conv_in.weight.grad is not None
     assert model.eval().decode(out.codes).shape == (2, 3, 32, 32)
+
+
+def test_attention_inputs_have_row_major_strides_on_a_one_patch_grid(monkeypatch):
+    """CUDA's fused SDPA kernels check the strides of size-1 dims, which contiguous() leaves as is."""
+    import unified_ar.tokenizer.vq as vq_module
+
+    seen = []
+
+    def recording_attention(q, k, v, causal=False, backend="sdpa"):
+        seen.extend(t.stride() for t in (q, k, v))
+        return attention(q, k, v, causal, backend)
+
+    monkeypatch.setattr(vq_module, "attention", recording_attention)
+    block = vq_module.AttnBlock(8, "sdpa", 1)
+    x = torch.randn(3, 8, 1, 1)
+    torch.testing.assert_close(block(x), x + block.proj_out(block.v(block.norm(x))))  # one key: out = v
+    assert seen == [(8, 8, 8, 1)] * 3

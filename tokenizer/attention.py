@@ -56,6 +56,13 @@ def _xformers(q, k, v, causal: bool) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
+def dense(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` with row-major strides along every dim. ``contiguous()`` ignores the strides
+    of size-1 dims, which CUDA's fused SDPA kernels check: a [B,1,1,C] view with stride 1 on its
+    length-1 sequence dim failed on the H100 with "query is not correctly aligned (strideM)"."""
+    return t.new_empty(t.shape).copy_(t)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
               backend: str = "sdpa") -> torch.Tensor:
     """Multi-head attention with scale 1/sqrt(head_dim).

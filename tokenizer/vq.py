@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from unified_ar.config import from_dict, to_dict
-from unified_ar.tokenizer.attention import attention, check_backend
+from unified_ar.tokenizer.attention import attention, check_backend, dense
 from unified_ar.tokenizer.losses import codebook_losses, entropy_loss, psnr, reconstruction_loss
 
 # LlamaGen registers a fixed 65536-long window of recent code assignments
@@ -162,7 +162,7 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         hn = self.norm(x)
-        q, k, v = (proj(hn).reshape(b, 1, c, h * w).transpose(-1, -2) for proj in (self.q, self.k, self.v))
+        q, k, v = (dense(proj(hn).reshape(b, 1, c, h * w).transpose(-1, -2)) for proj in (self.q, self.k, self.v))
         out = attention(q, k, v, causal=False, backend=self.backend)  # [b, 1, hw, c]
         return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
 

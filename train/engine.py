@@ -95,9 +95,12 @@ def deepspeed_config(config: TrainConfig, cuda: bool | None = None) -> dict:
         "lr": config.lr, "betas": list(config.betas), "eps": config.eps,
         "weight_decay": config.weight_decay,
     }
-    if not config.offload_optimizer and not cuda:
-        # torch's AdamW on CPU; foreach batches the per-tensor updates (fewer Python ops per step).
-        optimizer_params.update(torch_adam=True, foreach=True)
+    if not config.offload_optimizer:
+        # torch's AdamW inside DeepSpeed's wrappers: its fused CUDA kernel on GPU (DeepSpeed's own
+        # FusedAdam is a JIT build that needs nvcc at run time, and its arch parsing fails on
+        # torch cu130's "9.0a": docs/TRAINING.md), foreach on CPU (fewer Python ops per step).
+        # Offloading keeps DeepSpeed's CPU Adam, which ZeRO-Offload requires.
+        optimizer_params.update(torch_adam=True, **({"fused": True} if cuda else {"foreach": True}))
     ds = {
         "train_micro_batch_size_per_gpu": config.micro_batch_size,
         "gradient_accumulation_steps": config.grad_accum_steps,
