@@ -48,6 +48,8 @@ def test_config_rejects_inconsistent_values():
         TrainConfig(zero_stage=2, offload_params=True)
     with pytest.raises(ValueError, match="zero_stage"):
         TrainConfig(zero_stage=4)
+    with pytest.raises(ValueError, match="channels_last needs zero_stage 0"):
+        TrainConfig(zero_stage=2, channels_last=True)
 
 
 def test_cosine_schedule_warms_up_then_decays_to_floor():
@@ -131,3 +133,29 @@ def test_autocast_precision_trains_and_step_dependent_models_get_global_step(tmp
     result = train(StepAware(), data, _config(precision="autocast_bf16", export_final=False), tmp_path)
     assert result.losses[-1] < 0.5 * result.losses[0]
     assert StepAware.seen == [(step, True) for step in range(12)]
+
+
+def test_channels_last_trains_with_nhwc_conv_weights(tmp_path):
+    """DeepSpeed's init broadcast cannot view NHWC weights as bytes: the engine converts after it,
+    in place, so the optimizer still updates the module's parameters."""
+    from helpers_train import TinyOutput
+    from unified_ar.train.loop import train
+    from unified_ar.train.stage_vq import TensorBatches
+
+    class Conv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, batch):
+            x = batch["pixels"]
+            loss = (self.conv(x) - x.flip(1)).pow(2).mean()  # learn to swap the colour channels
+            return TinyOutput(loss=loss, metrics={})
+
+    torch.manual_seed(0)
+    model = Conv()
+    data = TensorBatches({"pixels": torch.rand(64, 3, 8, 8)}, batch_size=8, seed=0)
+    result = train(model, data, _config(channels_last=True, export_final=False, lr=1e-2, max_steps=30), tmp_path)
+    assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.conv.weight.is_contiguous()
+    assert result.losses[-1] < 0.5 * result.losses[0]

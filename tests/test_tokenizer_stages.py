@@ -80,7 +80,7 @@ def test_vq_foreground_schedule_beyond_max_steps_is_a_clear_error(tmp_path):
     from unified_ar.config import ConfigError
     from unified_ar.train.stage_vq import main as vq_main
 
-    with pytest.raises(ConfigError, match=r"model.foreground_loss_steps = 1400 > train.max_steps = 700.*"
+    with pytest.raises(ConfigError, match=r"model.foreground_loss_steps = 1500 > train.max_steps = 700.*"
                                           r"--model.foreground_loss_steps 700"):
         vq_main(["--config", "configs/vq/shapes.yaml", "--out", str(tmp_path / "vq"), "--train.max_steps", "700"])
     assert not (tmp_path / "vq").exists()  # refused before anything was written

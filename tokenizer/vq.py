@@ -97,7 +97,7 @@ VQ_PRESETS: dict[str, VQConfig] = {
     # patch-local encoder + entropy loss: a code per distinct 16x16 patch (docs/TOKENIZER.md, session 6)
     "VQ-shapes": VQConfig(codebook_size=256, codebook_embed_dim=8, z_channels=64, ch=32, num_res_blocks=0,
                           encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4],
-                          codebook_restart_every=20, foreground_loss_weight=30.0, foreground_loss_steps=1400,
+                          codebook_restart_every=20, foreground_loss_weight=30.0, foreground_loss_steps=1500,
                           encoder_patch_local=True, decoder_patch_local=True, norm_groups=1,
                           entropy_loss_ratio=0.1),
 }

@@ -39,6 +39,10 @@ class TrainConfig:
     # path on CPUs with AMX / AVX512-BF16 (1.8x per VQ-shapes step here, docs/TRAINING.md).
     precision: Literal["auto", "fp32", "bf16", "autocast_bf16"] = "auto"
     gradient_checkpointing: bool = False
+    # Conv weights in channels-last (NHWC) memory once DeepSpeed has set up (its init broadcast
+    # cannot view NHWC weights as bytes): same values, faster oneDNN convolutions (the VQ stage,
+    # docs/TOKENIZER.md). ZeRO-0 only: ZeRO-1+ move parameters into flat buffers.
+    channels_last: bool = False
     # Which parameters train: empty `trainable` = every parameter that requires grad;
     # otherwise only names starting with one of these prefixes. `frozen` prefixes are then removed.
     trainable: list[str] = field(default_factory=list)
@@ -71,6 +75,7 @@ class TrainConfig:
             (self.zero_stage in (0, 1, 2, 3), f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}"),
             (not self.offload_optimizer or self.zero_stage >= 1, "offload_optimizer needs zero_stage >= 1"),
             (not self.offload_params or self.zero_stage == 3, "offload_params needs zero_stage 3"),
+            (not self.channels_last or self.zero_stage == 0, "channels_last needs zero_stage 0"),
             (self.save_every >= 0, "save_every must be >= 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),

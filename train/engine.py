@@ -372,6 +372,8 @@ def build_engine(model: nn.Module, config: TrainConfig) -> Engine:
         config=ds_config,
         dist_init_required=False,
     )
+    if config.channels_last:  # in place (param.data), so the optimizer keeps its parameters
+        model.to(memory_format=torch.channels_last)
     return Engine(ds_engine, config, trainable, rank, world_size)
 
 
