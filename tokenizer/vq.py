@@ -378,17 +378,23 @@ class VQModel(nn.Module):
         self.grid_size(pixels.shape[-2])
         return pixels.to(self.encoder.conv_in.weight.dtype)
 
+    def _distinct_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixels [B,3,H,W] -> (each distinct f x f patch once [P,3,f,f], index [B*h*w] of every
+        position's patch). An empty background repeats many times; a gather by ``index`` has a
+        backward that sums the repeats' gradients, so results and gradients equal per-patch work."""
+        f, c = self.config.downsample_factor, pixels.shape[1]
+        distinct, index = torch.unique(grid_patches(pixels, f), dim=0, return_inverse=True)
+        return distinct.reshape(-1, c, f, f), index
+
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B,3,H,W] -> encoder features [B,z_channels,H/f,W/f], per patch when
         ``encoder_patch_local``."""
         if not self.config.encoder_patch_local:
             return self.encoder(pixels)
         f = self.config.downsample_factor
-        b, c, height, width = pixels.shape
-        # each distinct patch once (an empty background repeats many times); the gather's backward
-        # sums the repeats' gradients, so outputs and gradients equal encoding every patch
-        distinct, index = torch.unique(grid_patches(pixels, f), dim=0, return_inverse=True)
-        z = self.encoder(distinct.reshape(-1, c, f, f))  # [P, z, 1, 1]
+        b, _, height, width = pixels.shape
+        distinct, index = self._distinct_patches(pixels)
+        z = self.encoder(distinct)  # [P, z, 1, 1]
         return z.flatten(1)[index].reshape(b, height // f, width // f, -1).permute(0, 3, 1, 2)
 
     def _latent(self, pixels: torch.Tensor, restart: bool = False):
@@ -409,10 +415,10 @@ class VQModel(nn.Module):
         # repeats) gives the gradients of the per-position computation.
         pixels = self._input_pixels(pixels)
         f = cfg.downsample_factor
-        b, c, height, width = pixels.shape
+        b, _, height, width = pixels.shape
         h, w = height // f, width // f
-        distinct, index = torch.unique(grid_patches(pixels, f), dim=0, return_inverse=True)
-        latent = self.quant_conv(self.encoder(distinct.reshape(-1, c, f, f)))  # [P,dim,1,1]
+        distinct, index = self._distinct_patches(pixels)
+        latent = self.quant_conv(self.encoder(distinct))  # [P,dim,1,1]
         restarted = self.quantize.restart_dead(latent) if restart else 0
         z, z_q, codes, dist = self.quantize(latent)  # [P,1,1,dim], [P,1,1,dim], [P,1,1], [P,K]
         z, z_q = z.flatten(0, 2), z_q.flatten(0, 2)
@@ -426,10 +432,14 @@ class VQModel(nn.Module):
         """pixels [B,3,H,W] in [-1,1] -> codes [B,H/f,W/f] long."""
         return self._latent(pixels)[2]
 
-    def code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B,h,w] long -> code vectors [B,dim,h,w] (what the decoder and TokLIP read)."""
+    @staticmethod
+    def _check_codes(codes: torch.Tensor) -> None:
         if codes.dim() != 3:
             raise ValueError(f"expected codes [B,h,w], got shape {tuple(codes.shape)}")
+
+    def code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B,h,w] long -> code vectors [B,dim,h,w] (what the decoder and TokLIP read)."""
+        self._check_codes(codes)
         return self.quantize.lookup(codes).permute(0, 3, 1, 2).contiguous()
 
     def _decode_patches(self, z_q: torch.Tensor) -> torch.Tensor:
@@ -447,8 +457,7 @@ class VQModel(nn.Module):
         """codes [B,h,w] long -> pixels [B,3,h*f,w*f] (unclamped, ~[-1,1])."""
         if not self.config.decoder_patch_local:
             return self.decode_latent(self.code_embeddings(codes))
-        if codes.dim() != 3:
-            raise ValueError(f"expected codes [B,h,w], got shape {tuple(codes.shape)}")
+        self._check_codes(codes)
         distinct, index = torch.unique(codes, return_inverse=True)  # each distinct code decoded once
         patches = self._decode_patches(self.quantize.lookup(distinct))
         return fold_patches(patches[index.flatten()], *codes.shape)
