@@ -84,3 +84,18 @@ def test_vq_foreground_schedule_beyond_max_steps_is_a_clear_error(tmp_path):
                                           r"--model.foreground_loss_steps 700"):
         vq_main(["--config", "configs/vq/shapes.yaml", "--out", str(tmp_path / "vq"), "--train.max_steps", "700"])
     assert not (tmp_path / "vq").exists()  # refused before anything was written
+
+
+def test_color_prompts_fill_every_named_field_and_reject_unknown_ones():
+    from unified_ar.config import ConfigError
+    from unified_ar.train.stage_toklip import color_prompts
+
+    assert color_prompts(["a {color} object."], "red") == ["a red object."]
+    both = color_prompts(["a {size} {color} {shape}.", "{color}"], "blue")
+    assert len(both) == 2 * 3 + 1 and "a small blue triangle." in both and both[-1] == "blue"
+    full = color_prompts(["a {size} {color} {shape} in the {position}."], "cyan")
+    assert len(full) == len(set(full)) == 2 * 3 * 9 and "a large cyan circle in the bottom right." in full
+    with pytest.raises(ConfigError, match="unknown: texture"):
+        color_prompts(["a {color} {texture} thing."], "red")
+    with pytest.raises(ConfigError, match="must name {color}"):
+        color_prompts(["a {shape}."], "red")

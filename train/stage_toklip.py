@@ -5,13 +5,16 @@ codes of a trained, frozen VQ (``vq_path``), through the project's engine and
 loop. The images are encoded to codes once, before training. Then it prints and
 writes (``DIR/eval.json``) zero-shot image->caption R@1 among the first
 ``eval.retrieval_candidates`` validation pairs and single-object colour
-accuracy with prompts such as "a red object.". ``--eval MODEL_DIR`` only evaluates.
+accuracy, each colour's text embedding the mean over its prompts ("a large red circle in the top
+left.", ... over every size, shape and position). ``--eval MODEL_DIR`` only evaluates.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import itertools
 import math
+import string
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +28,12 @@ from unified_ar.tokenizer.toklip import (TOKLIP_PRESETS, TokLIP, TokLIPConfig, T
 from unified_ar.tokenizer.vq import VQModel
 from unified_ar.train.config import TrainConfig
 from unified_ar.train.shapes.world import COLORS as WORLD_COLORS
+from unified_ar.train.shapes.world import POSITIONS, SHAPES, SIZES
 from unified_ar.train.stage_vq import ImageDataConfig, TensorBatches, load_images, read_records, to_pixels
 
 COLORS = tuple(WORLD_COLORS)  # the Shapes world's colour names, the classes of the colour check
+# what a colour prompt template may name besides {color}: each is filled with every value
+PROMPT_FIELDS = {"size": SIZES, "shape": SHAPES, "position": tuple(POSITIONS.values())}
 
 
 @dataclass
@@ -44,8 +50,10 @@ class ToklipModelConfig:
 @dataclass
 class ToklipEvalConfig:
     retrieval_candidates: int = 100
-    # the colour's prompt embedding is the mean of these templates' (CLIP-style ensembling)
-    color_prompts: list[str] = field(default_factory=lambda: ["a {color} object."])
+    # The colour's text embedding is the mean over these templates (CLIP-style ensembling), each
+    # filled with the colour and with every combination of the {size} / {shape} / {position} it
+    # names. The default is the captions' own wording (docs/TOKENIZER.md, session 8).
+    color_prompts: list[str] = field(default_factory=lambda: ["a {size} {color} {shape} in the {position}."])
     batch_size: int = 100
 
 
@@ -90,12 +98,29 @@ def evaluate_toklip(model: TokLIP, records: list[dict], codes: torch.Tensor, con
     r_at_1 = (sims.argmax(dim=1) == torch.arange(n)).float().mean().item()
     single = [i for i, r in enumerate(records) if len(r["spec"]["objects"]) == 1]
     prompts = torch.stack([F.normalize(_text_embeddings(
-        model, [t.format(color=c) for t in config.color_prompts]).mean(0), dim=-1) for c in COLORS])
+        model, color_prompts(config.color_prompts, c)).mean(0), dim=-1) for c in COLORS])
     predicted = (_image_embeddings(model, codes[single], config.batch_size) @ prompts.t()).argmax(dim=1)
     truth = torch.tensor([COLORS.index(records[i]["spec"]["objects"][0]["color"]) for i in single])
     confusions = Counter(f"{COLORS[t]}->{COLORS[p]}" for t, p in zip(truth.tolist(), predicted.tolist()) if t != p)
     return {"r_at_1": r_at_1, "retrieval_candidates": n, "color_accuracy": (predicted == truth).float().mean().item(),
             "color_images": len(single), "color_confusions": dict(confusions.most_common())}
+
+
+def color_prompts(templates: list[str], color: str) -> list[str]:
+    """Every prompt of ``templates`` for ``color``: each template filled with the colour and with every
+    combination of the world's values of the other fields it names (see ``PROMPT_FIELDS``)."""
+    prompts = []
+    for template in templates:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        unknown = names - {"color"} - set(PROMPT_FIELDS)
+        if "color" not in names or unknown:
+            raise ConfigError(f"eval.color_prompts: {template!r} must name {{color}} and may name "
+                              f"{', '.join('{' + k + '}' for k in PROMPT_FIELDS)}"
+                              + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
+        fields = sorted(names - {"color"})
+        for values in itertools.product(*(PROMPT_FIELDS[f] for f in fields)):
+            prompts.append(template.format(color=color, **dict(zip(fields, values))))
+    return prompts
 
 
 def build_model(config: ToklipStageConfig, vq: VQModel, tokenizer) -> TokLIP:
