@@ -78,6 +78,27 @@ def test_truncation_is_counted_and_never_cuts_an_image(model):
     assert collator.counters == {"truncated": 2, "too_long": 1}
 
 
+def test_conversation_cache_gives_the_uncached_layout_and_stays_bounded(model, monkeypatch):
+    import unified_ar.train.collate as collate_module
+
+    rendered = []
+    real = collate_module.comprehension_example
+    monkeypatch.setattr(collate_module, "comprehension_example",
+                        lambda *args: rendered.append(args[2]) or real(*args))
+    convs = [[{"from": "human", "value": f"<image>\nwhat color is the {s}?"}, {"from": "gpt", "value": c}]
+             for s, c in (("circle", "red"), ("square", "blue"), ("triangle", "green"))]
+    codes = np.zeros(model.num_image_tokens, dtype=np.int64)
+    samples = [Sample("comprehension", f"conv:{i}", conversation=c, images=[codes], num_images=1)
+               for i, c in enumerate(convs)]
+    cached, uncached = _collator(model, conversation_cache=2), _collator(model, conversation_cache=0)
+    for sample in samples + samples[1:] + samples[:1]:  # 0 1 2 1 2 0: the third evicts the first
+        assert cached.example(sample).example == uncached.example(sample).example
+    assert len(rendered) == 6 + 4  # uncached: every call; cached: 0, 1, 2, then 0 again
+    assert len(cached._conversations) == 2
+    with pytest.raises(ValueError, match="conversation_cache must be >= 0"):
+        CollateConfig(conversation_cache=-1)
+
+
 def test_plan_packing_places_every_record_once_within_limits():
     rng = np.random.default_rng(0)
     lengths = rng.integers(20, 90, 500)
