@@ -11,8 +11,8 @@ left.", ... over every size, shape and position). ``--eval MODEL_DIR`` only eval
 from __future__ import annotations
 
 import argparse
-import json
 import itertools
+import json
 import math
 import string
 from collections import Counter
