@@ -99,3 +99,8 @@ def test_color_prompts_fill_every_named_field_and_reject_unknown_ones():
         color_prompts(["a {color} {texture} thing."], "red")
     with pytest.raises(ConfigError, match="must name {color}"):
         color_prompts(["a {shape}."], "red")
+    from unified_ar.config import load_config
+    from unified_ar.train.stage_toklip import ToklipStageConfig
+
+    with pytest.raises(ConfigError, match="eval.color_prompts: 'a {shape}.' must name {color}"):
+        load_config(ToklipStageConfig, "configs/toklip/shapes.yaml", ["--eval.color_prompts", '["a {shape}."]'])

@@ -81,15 +81,16 @@ class Collator:
         """The laid-out conversation (it does not depend on the image codes), from a bounded LRU
         cache keyed by its content. Cached examples are shared: callers never modify them."""
         limit = self.config.conversation_cache
-        key = json.dumps(conversation, sort_keys=True) if limit else ""
-        if limit and key in self._conversations:
+        if not limit:
+            return comprehension_example(self.layout, self.tokenizer, conversation, self.num_image_tokens)
+        key = json.dumps(conversation, sort_keys=True)
+        if key in self._conversations:
             self._conversations.move_to_end(key)
             return self._conversations[key]
         example = comprehension_example(self.layout, self.tokenizer, conversation, self.num_image_tokens)
-        if limit:
-            self._conversations[key] = example
-            if len(self._conversations) > limit:
-                self._conversations.popitem(last=False)
+        self._conversations[key] = example
+        if len(self._conversations) > limit:
+            self._conversations.popitem(last=False)
         return example
 
     def length(self, meta: Sample) -> int:

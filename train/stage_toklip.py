@@ -47,6 +47,18 @@ class ToklipModelConfig:
     attn_backend: str = "sdpa"
 
 
+def prompt_fields(template: str) -> list[str]:
+    """The fields a colour prompt template names besides {color}, sorted. A ConfigError unless it
+    names {color} and nothing outside ``PROMPT_FIELDS``."""
+    names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    unknown = names - {"color"} - set(PROMPT_FIELDS)
+    if "color" not in names or unknown:
+        raise ConfigError(f"eval.color_prompts: {template!r} must name {{color}} and may name "
+                          f"{', '.join('{' + k + '}' for k in PROMPT_FIELDS)}"
+                          + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
+    return sorted(names - {"color"})
+
+
 @dataclass
 class ToklipEvalConfig:
     retrieval_candidates: int = 100
@@ -55,6 +67,10 @@ class ToklipEvalConfig:
     # names. The default is the captions' own wording (docs/TOKENIZER.md, session 8).
     color_prompts: list[str] = field(default_factory=lambda: ["a {size} {color} {shape} in the {position}."])
     batch_size: int = 100
+
+    def __post_init__(self) -> None:
+        for template in self.color_prompts:  # a bad template fails at load time, not after training
+            prompt_fields(template)
 
 
 @dataclass
@@ -111,13 +127,7 @@ def color_prompts(templates: list[str], color: str) -> list[str]:
     combination of the world's values of the other fields it names (see ``PROMPT_FIELDS``)."""
     prompts = []
     for template in templates:
-        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-        unknown = names - {"color"} - set(PROMPT_FIELDS)
-        if "color" not in names or unknown:
-            raise ConfigError(f"eval.color_prompts: {template!r} must name {{color}} and may name "
-                              f"{', '.join('{' + k + '}' for k in PROMPT_FIELDS)}"
-                              + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
-        fields = sorted(names - {"color"})
+        fields = prompt_fields(template)
         for values in itertools.product(*(PROMPT_FIELDS[f] for f in fields)):
             prompts.append(template.format(color=color, **dict(zip(fields, values))))
     return prompts
