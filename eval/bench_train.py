@@ -3,7 +3,7 @@
     python -m unified_ar.eval.bench_train [--steps 10] [--rounds 16] [--batch 16] [--seq 64] [--max-length 256 512]
     python -m unified_ar.eval.bench_train --vq-precision [--threads 2] [--rounds 6]
 
-Both loops train the same model (the demo's LLM shape: Llama, hidden 128, 3 layers)
+Both loops train the same model (a Llama of the demo LLM's size: hidden 128, 3 layers)
 on the same batch with the same AdamW, schedule and clipping; rounds alternate
 between them so that drift of a shared 2-core machine hits both alike. Prints
 tokens/s of each, their ratio (target >= 0.9 at ZeRO-0 on one rank) and the

@@ -93,6 +93,17 @@ def test_tokens_comprehension_reads_the_llms_own_image_id_embeddings(tmp_path):
     assert model.llm.get_input_embeddings().weight.grad[ids].abs().sum() > 0
 
 
+def test_presets_build_their_architecture_and_take_overrides():
+    from unified_ar.llm import LLMConfig, llm_hf_config
+
+    tiny = llm_hf_config(LLMConfig(preset="tiny"), vocab_size=50)  # the demo's LLM: Qwen3 (QK-norm)
+    assert (tiny.model_type, tiny.hidden_size, tiny.num_hidden_layers, tiny.head_dim, tiny.vocab_size) == (
+        "qwen3", 128, 3, 32, 50)
+    deeper = llm_hf_config(LLMConfig(preset="tiny", hf_config={"num_hidden_layers": 6}), vocab_size=50)
+    assert (deeper.model_type, deeper.num_hidden_layers) == ("qwen3", 6)
+    assert llm_hf_config(LLMConfig(preset="test"), vocab_size=50).model_type == "llama"
+
+
 def test_unknown_or_missing_attention_backend_is_one_clear_error():
     with pytest.raises(ConfigError, match="unknown attention backend 'flash3'"):
         check_attention_backend("flash3")

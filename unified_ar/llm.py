@@ -2,7 +2,8 @@
 
 An LLM comes from exactly one of
 - ``path``: a local Hugging Face directory (real scale, e.g. Qwen2.5-1.5B-Instruct), weights loaded;
-- ``preset`` (+ optional ``hf_config`` overrides): a Llama-architecture config, random init;
+- ``preset`` (+ optional ``hf_config`` overrides): a size preset of a transformers architecture
+  (Llama unless the preset names its ``model_type``), random init;
 - ``hf_config`` with a ``model_type`` key: any architecture, random init.
 
 ``model-info`` may describe a real-scale model whose directory is not on this
@@ -24,14 +25,17 @@ from unified_ar.config import ConfigError
 ATTENTION_BACKENDS = ("eager", "sdpa", "flash_attention_2")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# Llama-architecture sizes (random init). Parameter counts exclude the merged vocabulary.
+# Sizes for random init; Llama architecture unless a preset names its ``model_type``.
+# Parameter counts exclude the merged vocabulary.
 LLM_PRESETS: dict[str, dict[str, Any]] = {
     # tests: the transformers model-tester size
     "test": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=512),
-    # the CPU demo default (DESIGN.md: hidden 128 x 3 layers learns the Shapes world in minutes)
-    "tiny": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
-                 num_key_value_heads=4, max_position_embeddings=1024),
+    # the CPU demo default (DESIGN.md: hidden 128 x 3 layers learns the Shapes world in minutes).
+    # Qwen3's architecture is Llama's plus an RMSNorm on each head's queries and keys (QK-norm):
+    # the demo's VQA learns faster with it (docs/MODEL.md, "QK-norm").
+    "tiny": dict(model_type="qwen3", hidden_size=128, intermediate_size=512, num_hidden_layers=3,
+                 num_attention_heads=4, num_key_value_heads=4, head_dim=32, max_position_embeddings=1024),
     # ~100M parameters (GPT-2-small shape)
     "100m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
                  num_key_value_heads=12, max_position_embeddings=2048),
@@ -76,7 +80,7 @@ def _vocab_kwargs(vocab_size: int | None) -> dict:
 
 def llm_hf_config(cfg: LLMConfig, vocab_size: int | None = None, allow_inline: bool = False):
     """The transformers config the LLM is built from (no weights are read)."""
-    from transformers import AutoConfig, LlamaConfig
+    from transformers import AutoConfig
 
     if cfg.path is not None:
         path = Path(cfg.path)
@@ -91,7 +95,7 @@ def llm_hf_config(cfg: LLMConfig, vocab_size: int | None = None, allow_inline: b
         data = dict(cfg.hf_config)
         return AutoConfig.for_model(data.pop("model_type"), **data)
     params = {**LLM_PRESETS[cfg.preset], **cfg.hf_config, **_vocab_kwargs(vocab_size)}
-    return LlamaConfig(**params)
+    return AutoConfig.for_model(params.pop("model_type", "llama"), **params)
 
 
 def build_llm(cfg: LLMConfig, vocab_size: int, device: str | torch.device = "cpu", meta_ok: bool = False):
