@@ -101,6 +101,8 @@ def test_presets_build_their_architecture_and_take_overrides():
         "qwen3", 128, 3, 32, 50)
     deeper = llm_hf_config(LLMConfig(preset="tiny", hf_config={"num_hidden_layers": 6}), vocab_size=50)
     assert (deeper.model_type, deeper.num_hidden_layers) == ("qwen3", 6)
+    heads = llm_hf_config(LLMConfig(preset="tiny", hf_config={"num_attention_heads": 8, "num_key_value_heads": 8}))
+    assert heads.head_dim == 16  # hidden / heads, as for a Llama
     assert llm_hf_config(LLMConfig(preset="test"), vocab_size=50).model_type == "llama"
 
 

@@ -33,9 +33,9 @@ LLM_PRESETS: dict[str, dict[str, Any]] = {
                  num_key_value_heads=2, max_position_embeddings=512),
     # the CPU demo default (DESIGN.md: hidden 128 x 3 layers learns the Shapes world in minutes).
     # Qwen3's architecture is Llama's plus an RMSNorm on each head's queries and keys (QK-norm):
-    # the demo's VQA learns faster with it (docs/MODEL.md, "QK-norm").
+    # the demo's VQA learns faster with it (docs/MODEL.md, "The model").
     "tiny": dict(model_type="qwen3", hidden_size=128, intermediate_size=512, num_hidden_layers=3,
-                 num_attention_heads=4, num_key_value_heads=4, head_dim=32, max_position_embeddings=1024),
+                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024),
     # ~100M parameters (GPT-2-small shape)
     "100m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
                  num_key_value_heads=12, max_position_embeddings=2048),
@@ -95,6 +95,8 @@ def llm_hf_config(cfg: LLMConfig, vocab_size: int | None = None, allow_inline: b
         data = dict(cfg.hf_config)
         return AutoConfig.for_model(data.pop("model_type"), **data)
     params = {**LLM_PRESETS[cfg.preset], **cfg.hf_config, **_vocab_kwargs(vocab_size)}
+    # hidden / heads, as Llama derives it; Qwen3's config would otherwise default to 128
+    params.setdefault("head_dim", params["hidden_size"] // params["num_attention_heads"])
     return AutoConfig.for_model(params.pop("model_type", "llama"), **params)
 
 
