@@ -35,6 +35,11 @@ def test_fast_demo_outputs(fast_demo):
     images = sorted((fast_demo / "runs" / "toklip" / "eval_t2i" / "images").glob("*.png"))
     assert len(images) == metrics["config"]["eval_val_images"]
     assert metrics["tokenizers"]["vq"]["val_psnr"] > 10
+    import yaml
+    stage = yaml.safe_load((fast_demo / "runs" / "toklip" / "unified" / "config.yaml").read_text())
+    weights = {source["kind"]: source["weight"] for source in stage["data"]["sources"]}
+    assert weights == {"conversations": metrics["config"]["conversation_weight"], "captions": 1.0} != {
+        "conversations": 1.0, "captions": 1.0}
 
 
 @pytest.mark.slow
@@ -68,6 +73,9 @@ def test_demo_bad_override_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="cfg_scal"):
         main(["--fast", "--out", str(tmp_path), "--cfg_scal", "2"])
+    with pytest.raises(ConfigError, match="conversation_weight: must be > 0"):
+        main(["--fast", "--out", str(tmp_path), "--conversation_weight", "0"])
+    assert not (tmp_path / "world").exists()  # refused before any stage ran
 
 
 @pytest.mark.slow

@@ -40,12 +40,18 @@ class DemoConfig:
     align_overrides: list[str] = field(default_factory=list)
     unified_config: str = "train/unified.yaml"
     unified_overrides: list[str] = field(default_factory=list)
+    conversation_weight: float = 1.0  # sampling weight of the conversations against the captions' 1
     comprehension_features: Literal["toklip", "vq", "both"] = "toklip"
     cfg_scale: float = 1.0  # guidance for the val prompts (chosen by measurement, docs/DEMO.md)
     eval_val_images: int = 200  # val images whose questions are asked / prompts drawn
     eval_batch_size: int = 32
     interleaved_prompts: int = 50
     recon_images: int = 200
+
+    def __post_init__(self):
+        if not self.conversation_weight > 0:
+            raise ConfigError(f"conversation_weight: must be > 0 (the captions weigh 1), "
+                              f"got {self.conversation_weight}")
 
 
 def _marker(out: Path, name: str) -> Path:

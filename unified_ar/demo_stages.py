@@ -96,8 +96,10 @@ def _stage_args(out: Path, run: Path, name: str, variant: str, init_from: Path |
     return args
 
 
-def _sources(world: Path, captions: bool, weight_conv: float = 1.0) -> list[str]:
-    sources = [{"kind": "conversations", "path": str(world / "conversations_train.json"), "weight": weight_conv}]
+def _sources(world: Path, conversation_weight: float, captions: bool) -> list[str]:
+    """The world's conversations (+ its captions, weight 1) as the stage's data sources."""
+    sources = [{"kind": "conversations", "path": str(world / "conversations_train.json"),
+                "weight": conversation_weight}]
     if captions:
         sources.append({"kind": "captions", "path": str(world / "captions_train.jsonl"), "weight": 1.0})
     return ["--data.sources", json.dumps(sources)]
@@ -114,10 +116,11 @@ def stage_train(config: DemoConfig, out: Path, variant: str, stage: str) -> dict
     world = out / "world"
     if stage == "align":
         cfg, extra = config.align_config, config.align_overrides
-        args = _stage_args(out, run, "align", variant, None) + _sources(world, captions=False)
+        args = _stage_args(out, run, "align", variant, None) + _sources(world, 1.0, captions=False)
     else:
         cfg, extra = config.unified_config, config.unified_overrides
-        args = _stage_args(out, run, "unified", variant, run / "align" / "export") + _sources(world, captions=True)
+        args = (_stage_args(out, run, "unified", variant, run / "align" / "export")
+                + _sources(world, config.conversation_weight, captions=True))
     command(["train", "--config", str(packaged_config(cfg)), *args, *extra])
     return _train_summary(run / stage, out)
 

@@ -1,5 +1,6 @@
 """The world's text tokenizer: sentencepiece trained on the world's text, saved
-so that ``transformers.AutoTokenizer.from_pretrained(dir)`` loads it.
+(``tokenizer.model``, ``tokenizer.json``, ``tokenizer_config.json``) so that
+``transformers.AutoTokenizer.from_pretrained(dir)`` loads it.
 
 The special tokens the unified model needs are pieces of the sentencepiece
 model itself (user-defined symbols), so every loader sees the same ids; the
@@ -18,6 +19,7 @@ IMAGE_PLACEHOLDER = "<|image|>"
 USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
 SPECIAL_PIECES = [IMAGE_START, IMAGE_END, IMAGE_PLACEHOLDER, USER, ASSISTANT]
+WHITESPACE_RUN = r"[ \t\r\n]+"  # becomes one space, as sentencepiece normalises whitespace
 
 # bos, then per message: role marker, a space, content (+ eos after the assistant's).
 # The space makes a word after a role marker tokenize as it does mid-sentence
@@ -52,8 +54,32 @@ def train_text_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int 
         minloglevel=2,
     )
     (out_dir / "tokenizer.model").write_bytes(model.getvalue())
+    _write_config(out_dir, "LlamaTokenizer")
+    _write_fast_tokenizer(out_dir)
+    _write_config(out_dir, "PreTrainedTokenizerFast")
+    return out_dir
+
+
+def _write_fast_tokenizer(out_dir: Path) -> None:
+    """``tokenizer.json``: the sentencepiece model as transformers converts it, plus the
+    whitespace normalisation sentencepiece itself applies (a run of spaces, tabs or newlines ->
+    one space), which the conversion drops: without it the newline of LLaVA's ``<image>\nwhat``
+    vanished and the word after it lost its word-start marker ("w" "hat", not "▁what"), so the
+    question after an image, as in every VQA prompt, had a spelling of its own."""
+    from tokenizers import Regex, normalizers
+    from transformers import AutoTokenizer
+
+    backend = AutoTokenizer.from_pretrained(str(out_dir), local_files_only=True).backend_tokenizer
+    if backend.normalizer is not None:
+        raise RuntimeError(f"{out_dir}: the converted tokenizer has a normaliser of its own "
+                           f"({backend.normalizer}); text_tokenizer.py expects none")
+    backend.normalizer = normalizers.Replace(Regex(WHITESPACE_RUN), " ")
+    backend.save(str(out_dir / "tokenizer.json"))
+
+
+def _write_config(out_dir: Path, tokenizer_class: str) -> None:
     config = {
-        "tokenizer_class": "LlamaTokenizer",
+        "tokenizer_class": tokenizer_class,
         "bos_token": "<s>",
         "eos_token": "</s>",
         "unk_token": "<unk>",
@@ -66,4 +92,3 @@ def train_text_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int 
         "chat_template": CHAT_TEMPLATE,
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return out_dir
