@@ -186,3 +186,19 @@ def test_bad_inputs_raise():
         model.encode_text(torch.zeros(1, 41, dtype=torch.long))
     with pytest.raises(ValueError, match="no text tokenizer attached"):
         model.tokenize(["a red circle"])
+
+
+def test_texts_pad_on_the_right_like_siglip(tmp_path):
+    # the text tower pools the last position; a tokenizer that pads left by default (transformers 5's
+    # sentencepiece LlamaTokenizer does) must not move the caption there
+    from unified_helpers import tiny_tokenizer
+
+    tok = tiny_tokenizer(tmp_path)
+    tok.padding_side = "left"
+    model = _model()
+    model.tokenizer = tok
+    ids = model.tokenize(["a red circle."])
+    unpadded = tok("a red circle.", add_special_tokens=True)["input_ids"]
+    assert ids.shape == (1, model.config.text_cfg.context_length)
+    assert ids[0, : len(unpadded)].tolist() == unpadded
+    assert set(ids[0, len(unpadded):].tolist()) == {tok.pad_token_id}

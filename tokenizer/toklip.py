@@ -401,11 +401,14 @@ class TokLIP(nn.Module):
         return self.text(ids)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        """Texts -> ids [B, context_length] with the attached tokenizer (padded and truncated like SigLIP)."""
+        """Texts -> ids [B, context_length] with the attached tokenizer, padded on the right and
+        truncated like SigLIP's (the text tower pools the last position), whatever side the
+        tokenizer pads on by default (transformers 5 loads a sentencepiece LlamaTokenizer left-padding)."""
         if self.tokenizer is None:
             raise ValueError("no text tokenizer attached: set model.tokenizer or pass tokenizer= when loading")
         ctx = self.config.text_cfg.context_length
-        out = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=ctx, return_tensors="pt")
+        out = self.tokenizer(list(texts), padding="max_length", padding_side="right", truncation=True,
+                             max_length=ctx, return_tensors="pt")
         return out["input_ids"]
 
     def new_cache(self, batch: int = 1) -> TokLIPCache:
