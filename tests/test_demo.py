@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from PIL import Image
 
 from unified_ar.config import ConfigError
@@ -35,11 +36,10 @@ def test_fast_demo_outputs(fast_demo):
     images = sorted((fast_demo / "runs" / "toklip" / "eval_t2i" / "images").glob("*.png"))
     assert len(images) == metrics["config"]["eval_val_images"]
     assert metrics["tokenizers"]["vq"]["val_psnr"] > 10
-    import yaml
     stage = yaml.safe_load((fast_demo / "runs" / "toklip" / "unified" / "config.yaml").read_text())
     weights = {source["kind"]: source["weight"] for source in stage["data"]["sources"]}
-    assert weights == {"conversations": metrics["config"]["conversation_weight"], "captions": 1.0} != {
-        "conversations": 1.0, "captions": 1.0}
+    assert metrics["config"]["conversation_weight"] == 2.0  # fast.yaml, as the default demo
+    assert weights == {"conversations": 2.0, "captions": 1.0}
 
 
 @pytest.mark.slow

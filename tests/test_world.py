@@ -168,7 +168,6 @@ def test_tokenizer_loads_with_specials(world_tokenizer):
     assert world_tokenizer.unk_token_id not in ids
 
 
-
 def test_a_word_after_a_newline_is_spelled_as_mid_sentence(world_tokenizer):
     # LLaVA's "<image>\nwhat ..." and every VQA prompt put a newline before the question; the
     # sentencepiece model maps it to a space, and so must the transformers tokenizer.
@@ -178,6 +177,7 @@ def test_a_word_after_a_newline_is_spelled_as_mid_sentence(world_tokenizer):
     assert pieces("<|image|>\nwhat color is the circle?") == pieces("<|image|> what color is the circle?")
     assert pieces("<|image|>\nwhat")[1] == "\u2581what"
     assert pieces("a red circle.\r\n\tis there a square?") == pieces("a red circle. is there a square?")
+
 
 def test_dense_scenes_ask_valid_questions(tmp_path):
     config = WorldConfig(min_objects=9, max_objects=9)

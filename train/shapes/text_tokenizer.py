@@ -54,6 +54,8 @@ def train_text_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int 
         minloglevel=2,
     )
     (out_dir / "tokenizer.model").write_bytes(model.getvalue())
+    # first as the sentencepiece LlamaTokenizer, for transformers to convert; then as the fast
+    # tokenizer that tokenizer.json defines (LlamaTokenizer would rebuild its own pipeline)
     _write_config(out_dir, "LlamaTokenizer")
     _write_fast_tokenizer(out_dir)
     _write_config(out_dir, "PreTrainedTokenizerFast")
