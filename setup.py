@@ -26,7 +26,7 @@ setup(
     package_dir=FOLDERS,
     package_data={"unified_ar.configs": ["*/*.yaml", "*/*.json"]},
     install_requires=[
-        "torch>=2.3",
+        "torch>=2.4",  # fused AdamW on CPU
         "transformers>=5.0,<6",
         "deepspeed>=0.16",
         "sentencepiece>=0.2",

@@ -2,6 +2,7 @@
 
     python -m unified_ar.eval.bench_train [--steps 10] [--rounds 16] [--batch 16] [--seq 64] [--max-length 256 512]
     python -m unified_ar.eval.bench_train --vq-precision [--threads 2] [--rounds 6]
+    python -m unified_ar.eval.bench_train --optimizers [--threads 2] [--batch 2] [--seq 234]
 
 Both loops train the same model (a Llama of the demo LLM's size: hidden 128, 3 layers)
 on the same batch with the same AdamW, schedule and clipping; rounds alternate
@@ -10,6 +11,9 @@ tokens/s of each, their ratio (target >= 0.9 at ZeRO-0 on one rank) and the
 non-padding fraction of Shapes-world batches with and without packing (target >= 0.95).
 ``--vq-precision`` instead times VQ-shapes training steps (batch 8, 96 px) through the engine
 at ``precision: fp32`` and ``autocast_bf16``, alternating, and prints their ratio.
+``--optimizers`` times the plain loop with AdamW's ``foreach`` kernel, its ``fused`` kernel (what
+the engine uses, :data:`~unified_ar.train.engine.ADAMW_KERNEL`) and ``train.optimizer: muon``
+(:class:`~unified_ar.train.muon.MuonAdamW`), alternating, and prints their ratios.
 """
 from __future__ import annotations
 
@@ -49,25 +53,34 @@ class CausalLM(nn.Module):
         return _Output(loss=out.loss)
 
 
-def plain_loop(model: nn.Module, config, batch: dict, steps: int) -> float:
-    """Seconds per step of the textbook loop: forward, backward, clip, AdamW, schedule, zero_grad."""
-    from unified_ar.train.engine import cosine_schedule
+class PlainLoop:
+    """The textbook loop: forward, backward, clip, optimiser, schedule, zero_grad. Call it for
+    seconds per step. ``optimizer`` builds the optimiser from (model, AdamW's decay groups,
+    config); default: AdamW with the engine's kernel."""
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, foreach=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(config))
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = model(batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        float(loss.detach())  # the loop logs its loss, as the engine does
-    return (time.perf_counter() - start) / steps
+    def __init__(self, model: nn.Module, config, batch: dict, optimizer=None):
+        from unified_ar.train.engine import cosine_schedule
+
+        self.model, self.config, self.batch = model, config, batch
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in self.params if p.ndim >= 2], "weight_decay": config.weight_decay},
+                  {"params": [p for p in self.params if p.ndim < 2], "weight_decay": 0.0}]
+        self.optimizer = (optimizer or _adamw())(model, groups, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_schedule(config))
+
+    def __call__(self, steps: int) -> float:
+        model, config, batch, params = self.model, self.config, self.batch, self.params
+        optimizer, scheduler = self.optimizer, self.scheduler
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss = model(batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            float(loss.detach())  # the loop logs its loss, as the engine does
+        return (time.perf_counter() - start) / steps
 
 
 def engine_loop(engine, batch: dict, steps: int) -> float:
@@ -83,23 +96,63 @@ def throughput(args: argparse.Namespace) -> tuple[float, float, float]:
     Rounds of ``--steps`` steps alternate between the loops, in ABBA order, so that load
     from other processes on a shared machine falls on both alike; the ratio is the
     median over rounds of engine / plain throughput."""
-    from unified_ar.train.config import TrainConfig
     from unified_ar.train.engine import build_engine
 
-    config = TrainConfig(max_steps=10**6, micro_batch_size=args.batch, lr=1e-3, warmup_steps=10,
-                         zero_stage=0, precision="fp32", progress_bar=False)
-    ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
-    batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+    config, batch = _lm_setup(args)
     plain_model = CausalLM(args.vocab)
     engine = build_engine(copy.deepcopy(plain_model), config)
-    plain_loop(plain_model, config, batch, 5)
+    plain = PlainLoop(plain_model, config, batch)
+    plain(5)
     engine_loop(engine, batch, 5)
-    times = alternating_rounds({"plain": lambda: plain_loop(plain_model, config, batch, args.steps),
+    times = alternating_rounds({"plain": lambda: plain(args.steps),
                                 "engine": lambda: engine_loop(engine, batch, args.steps)}, args.rounds)
     plain, ours = times["plain"], times["engine"]
     tokens = args.batch * args.seq
     ratio = statistics.median(p / o for p, o in zip(plain, ours))
     return tokens / statistics.median(plain), tokens / statistics.median(ours), ratio
+
+
+def _lm_setup(args: argparse.Namespace) -> tuple:
+    """(TrainConfig, batch of random ids [batch, seq]) for the language-model benchmarks."""
+    from unified_ar.train.config import TrainConfig
+
+    config = TrainConfig(max_steps=10**6, micro_batch_size=args.batch, lr=1e-3, warmup_steps=10,
+                         zero_stage=0, precision="fp32", progress_bar=False)
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+    return config, {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _adamw(kernel: dict | None = None):
+    """An optimiser factory for :class:`PlainLoop`: AdamW with ``kernel`` (default the engine's)."""
+    from unified_ar.train.engine import ADAMW_KERNEL
+
+    def build(model, groups, config):
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps,
+                                 **(ADAMW_KERNEL if kernel is None else kernel))
+
+    return build
+
+
+def _muon(model, groups, config):
+    from unified_ar.train.engine import muon_optimizer
+
+    return muon_optimizer(model, list(model.named_parameters()), config)
+
+
+OPTIMIZERS = {"adamw_foreach": _adamw({"foreach": True}), "adamw_fused": _adamw({"fused": True}), "muon": _muon}
+
+
+def optimizer_steps(args: argparse.Namespace) -> dict[str, float]:
+    """{optimiser: s/step} of the plain loop on the demo-size LLM (medians of ``--rounds``
+    alternating rounds of ``--steps`` steps; copies of one model)."""
+    config, batch = _lm_setup(args)
+    model = CausalLM(args.vocab)
+    loops = {name: PlainLoop(copy.deepcopy(model), config, batch, build) for name, build in OPTIMIZERS.items()}
+    for loop in loops.values():
+        loop(3)
+    times = alternating_rounds({name: (lambda loop=loop: loop(args.steps)) for name, loop in loops.items()},
+                               args.rounds)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def vq_precision(args: argparse.Namespace) -> tuple[float, float]:
@@ -181,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=8, help="rows per packed micro-batch")
     parser.add_argument("--batches", type=int, default=50)
     parser.add_argument("--vq-precision", action="store_true", help="time VQ-shapes steps, fp32 vs autocast_bf16")
+    parser.add_argument("--optimizers", action="store_true",
+                        help="time the plain loop with AdamW foreach, AdamW fused and Muon")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.vq_precision:
@@ -189,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  fp32:          {fp32:.3f} s/step")
         print(f"  autocast_bf16: {bf16:.3f} s/step")
         print(f"  speed-up:      {fp32 / bf16:.2f}x (medians of {args.rounds} alternating rounds)")
+        return 0
+    if args.optimizers:
+        seconds = optimizer_steps(args)
+        print(f"plain loop, Llama hidden 128 x 3 layers, vocab {args.vocab}, batch {args.batch} x {args.seq}, "
+              f"fp32, {args.threads} thread(s), medians of {args.rounds} alternating rounds:")
+        for name, value in seconds.items():
+            print(f"  {name:14s} {value * 1e3:6.1f} ms/step  ({value / seconds['adamw_fused']:.2f}x adamw_fused)")
         return 0
     plain, ours, ratio = throughput(args)
     print(f"model: Llama hidden 128 x 3 layers, vocab {args.vocab}; batch {args.batch} x {args.seq}; "

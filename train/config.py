@@ -23,6 +23,11 @@ class TrainConfig:
     micro_batch_size: int = 8  # rows per rank per micro-batch
     grad_accum_steps: int = 1
     # AdamW + cosine schedule with linear warmup (to lr) and decay to lr * min_lr_ratio.
+    # muon: Muon on the hidden weight matrices (nn.Linear weights but the LM head), AdamW on the
+    # rest, one lr (Muon's update is scaled to AdamW's RMS); ZeRO-0 with fp32 weights only
+    # (train/muon.py; the demo's VQA 0.70 -> ~0.89 at the same steps, docs/DEMO.md).
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    muon_momentum: float = 0.95
     lr: float = 3.0e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -76,6 +81,13 @@ class TrainConfig:
             (not self.offload_optimizer or self.zero_stage >= 1, "offload_optimizer needs zero_stage >= 1"),
             (not self.offload_params or self.zero_stage == 3, "offload_params needs zero_stage 3"),
             (not self.channels_last or self.zero_stage == 0, "channels_last needs zero_stage 0"),
+            (self.optimizer == "adamw" or self.zero_stage == 0,
+             "optimizer muon needs zero_stage 0 (ZeRO-1/2/3 hand the optimizer flat 1-D partitions, not "
+             "matrices; DeepSpeed's own Muon can be set through deepspeed_overrides, docs/TRAINING.md)"),
+            (self.optimizer == "adamw" or self.precision != "bf16",
+             "optimizer muon needs fp32 weights: precision fp32 or autocast_bf16 (DeepSpeed's bf16 "
+             "flattens the parameters)"),
+            (0.0 <= self.muon_momentum < 1.0, "muon_momentum must be in [0, 1)"),
             (self.save_every >= 0, "save_every must be >= 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),

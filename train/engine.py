@@ -74,6 +74,12 @@ def use_bf16(config: TrainConfig, cuda: bool | None = None) -> bool:
     return config.precision == "bf16"
 
 
+# torch AdamW's fused kernel, on GPU and on CPU (torch >= 2.4): one kernel per parameter. On CPU
+# `foreach` runs a loop of per-tensor ops; fused is 1.2x faster per demo step
+# (`python -m unified_ar.eval.bench_train --adamw`, docs/TRAINING.md).
+ADAMW_KERNEL: dict[str, bool] = {"fused": True}
+
+
 def deepspeed_config(config: TrainConfig, cuda: bool | None = None) -> dict:
     """The DeepSpeed JSON for ``config`` (what ``configs/deepspeed/*.json`` show).
 
@@ -96,11 +102,10 @@ def deepspeed_config(config: TrainConfig, cuda: bool | None = None) -> dict:
         "weight_decay": config.weight_decay,
     }
     if not config.offload_optimizer:
-        # torch's AdamW inside DeepSpeed's wrappers: its fused CUDA kernel on GPU (DeepSpeed's own
-        # FusedAdam is a JIT build that needs nvcc at run time, and its arch parsing fails on
-        # torch cu130's "9.0a": docs/TRAINING.md), foreach on CPU (fewer Python ops per step).
-        # Offloading keeps DeepSpeed's CPU Adam, which ZeRO-Offload requires.
-        optimizer_params.update(torch_adam=True, **({"fused": True} if cuda else {"foreach": True}))
+        # torch's AdamW inside DeepSpeed's wrappers (DeepSpeed's own FusedAdam is a JIT build that
+        # needs nvcc at run time, and its arch parsing fails on torch cu130's "9.0a":
+        # docs/TRAINING.md). Offloading keeps DeepSpeed's CPU Adam, which ZeRO-Offload requires.
+        optimizer_params.update(torch_adam=True, **ADAMW_KERNEL)
     ds = {
         "train_micro_batch_size_per_gpu": config.micro_batch_size,
         "gradient_accumulation_steps": config.grad_accum_steps,
@@ -185,6 +190,19 @@ def _param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) ->
     no_decay = [p for _, p in named if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
+
+
+def muon_optimizer(model: nn.Module, named: list[tuple[str, nn.Parameter]], config: TrainConfig):
+    """:class:`~unified_ar.train.muon.MuonAdamW` over the trainable parameters: the model's
+    :func:`~unified_ar.train.muon.muon_matrices` take Muon, the rest AdamW (the usual decay groups)."""
+    from unified_ar.train.muon import MuonAdamW, muon_matrices
+
+    matrices = muon_matrices(model)
+    muon = [p for _, p in named if id(p) in matrices]
+    groups = [{"params": muon, "use_muon": True, "weight_decay": config.weight_decay}] if muon else []
+    groups += _param_groups([(n, p) for n, p in named if id(p) not in matrices], config.weight_decay)
+    return MuonAdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay,
+                     momentum=config.muon_momentum)
 
 
 @dataclass
@@ -365,12 +383,21 @@ def build_engine(model: nn.Module, config: TrainConfig) -> Engine:
     trainable = select_trainable(model, config)
     ds_config = deepspeed_config(config)
     schedule = cosine_schedule(config)
+    groups = _param_groups(trainable, config.weight_decay)
+    client = {}
+    if config.optimizer == "muon":
+        if use_bf16(config):
+            raise ValueError("train.optimizer muon needs fp32 weights, and precision auto means DeepSpeed's "
+                             "bf16 on a GPU: set train.precision fp32 or autocast_bf16")
+        client["optimizer"] = muon_optimizer(model, trainable, config)
+        ds_config.pop("optimizer")
     ds_engine, _, _, _ = _deepspeed().initialize(
         model=model,
-        model_parameters=_param_groups(trainable, config.weight_decay),
+        model_parameters=groups,
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
         config=ds_config,
         dist_init_required=False,
+        **client,
     )
     if config.channels_last:  # in place (param.data), so the optimizer keeps its parameters
         model.to(memory_format=torch.channels_last)
