@@ -38,8 +38,9 @@ def test_fast_demo_outputs(fast_demo):
     assert metrics["tokenizers"]["vq"]["val_psnr"] > 10
     stage = yaml.safe_load((fast_demo / "runs" / "toklip" / "unified" / "config.yaml").read_text())
     weights = {source["kind"]: source["weight"] for source in stage["data"]["sources"]}
-    assert metrics["config"]["conversation_weight"] == 2.0  # fast.yaml, as the default demo
-    assert weights == {"conversations": 2.0, "captions": 1.0}
+    assert metrics["config"]["conversation_weight"] == 3.0  # fast.yaml, as the default demo
+    assert weights == {"conversations": 3.0, "captions": 1.0}
+    assert stage["train"]["optimizer"] == "muon"  # configs/train/unified.yaml
 
 
 @pytest.mark.slow
