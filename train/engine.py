@@ -74,9 +74,9 @@ def use_bf16(config: TrainConfig, cuda: bool | None = None) -> bool:
     return config.precision == "bf16"
 
 
-# torch AdamW's fused kernel, on GPU and on CPU (torch >= 2.4): one kernel per parameter. On CPU
-# `foreach` runs a loop of per-tensor ops; fused is 1.2x faster per demo step
-# (`python -m unified_ar.eval.bench_train --adamw`, docs/TRAINING.md).
+# torch AdamW's fused kernel, on GPU and on CPU (torch >= 2.4): one kernel per parameter, where
+# `foreach` on a CPU runs a loop of per-tensor ops (`python -m unified_ar.eval.bench_train
+# --optimizers` times both, docs/TRAINING.md).
 ADAMW_KERNEL: dict[str, bool] = {"fused": True}
 
 

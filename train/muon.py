@@ -10,9 +10,8 @@ lets one learning rate (``train.lr``) serve both halves.
 Which parameters take Muon is :func:`muon_matrices`: the weights of ``nn.Linear`` layers,
 except a language model's output head (embeddings, the head, norms, biases and
 convolutions take AdamW, as in the papers). Matrices of one shape are orthogonalised as
-one batch in bf16 (tensor-core / AMX matrix units), which on this project's 2-core CPU
-costs ~7 ms per step of the demo's LLM where a loop over matrices costs ~25 ms
-(docs/TRAINING.md).
+one batch in bf16 (tensor-core / AMX matrix units): on this project's 2-core CPU a step of
+the demo's LLM costs 1.23x a fused-AdamW step (``bench_train --optimizers``, docs/TRAINING.md).
 
 The engine hands this optimizer to DeepSpeed at ZeRO-0 only: ZeRO-1/2/3 keep parameters
 as flat 1-D partitions, so no step could see a matrix (DeepSpeed's own ``Muon`` type does
