@@ -31,9 +31,13 @@ def test_muon_takes_linear_weights_but_not_embeddings_head_or_norms(tmp_path):
     assert not any("embed" in n or "lm_head" in n or "norm" in n or n.endswith("bias") for n in names)
 
 
-def test_muon_rejects_non_matrices_in_a_muon_group():
+def test_muon_rejects_non_matrices_and_adamw_state():
     with pytest.raises(ValueError, match="non-matrix"):
         MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(4))], "use_muon": True}], lr=1e-3)
+    params = [torch.nn.Parameter(torch.zeros(4, 4))]
+    adamw_state = torch.optim.AdamW(params).state_dict()
+    with pytest.raises(ValueError, match="trained with train.optimizer adamw"):
+        MuonAdamW([{"params": params, "use_muon": True}], lr=1e-3).load_state_dict(adamw_state)
 
 
 def test_muon_needs_zero_stage_0_and_fp32_weights():

@@ -83,7 +83,7 @@ class TrainConfig:
             (not self.channels_last or self.zero_stage == 0, "channels_last needs zero_stage 0"),
             (self.optimizer == "adamw" or self.zero_stage == 0,
              "optimizer muon needs zero_stage 0 (ZeRO-1/2/3 hand the optimizer flat 1-D partitions, not "
-             "matrices; DeepSpeed's own Muon can be set through deepspeed_overrides, docs/TRAINING.md)"),
+             "matrices; docs/TRAINING.md)"),
             (self.optimizer == "adamw" or self.precision != "bf16",
              "optimizer muon needs fp32 weights: precision fp32 or autocast_bf16 (DeepSpeed's bf16 "
              "flattens the parameters)"),

@@ -113,7 +113,7 @@ class MuonAdamW(torch.optim.Optimizer):
             nesterov = p.grad.lerp(buf, group["momentum"])
             tall = p.shape[0] > p.shape[1]
             by_shape[tuple(sorted(p.shape))].append((p, nesterov.mT if tall else nesterov))
-        for (short, long), items in by_shape.items():
+        for (_, long), items in by_shape.items():
             updates = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"])
             scale = 0.2 * math.sqrt(long)  # RMS of AdamW's update (Liu et al.)
             for (p, _), update in zip(items, updates):
@@ -128,6 +128,9 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
+        if "adamw" not in state_dict:
+            raise ValueError("MuonAdamW.load_state_dict: this optimizer state has no 'adamw' part, so it is "
+                             "not MuonAdamW's; was the checkpoint trained with train.optimizer adamw?")
         adamw = state_dict.pop("adamw")
         super().load_state_dict(state_dict)
         self._adam_groups = [g for g in self.param_groups if not g["use_muon"]]
