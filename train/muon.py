@@ -25,6 +25,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from unified_ar.train.engine import ADAMW_KERNEL
+
 # quintic Newton-Schulz coefficients (Jordan et al.): the slope at zero is maximised
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -62,7 +64,7 @@ def muon_matrices(model: nn.Module) -> set[int]:
 
 class MuonAdamW(torch.optim.Optimizer):
     """Param groups carry ``use_muon``; Muon groups step here, the others through an inner
-    ``torch.optim.AdamW`` (fused), whose ``lr`` and ``weight_decay`` follow the outer group at
+    ``torch.optim.AdamW`` (the engine's kernel, ``ADAMW_KERNEL``), whose ``lr`` and ``weight_decay`` follow the outer group at
     every step (so an LR scheduler on this optimizer drives both halves).
 
     ``lr``, ``weight_decay`` (decoupled), ``betas`` and ``eps`` (AdamW's), ``momentum`` and
@@ -82,7 +84,7 @@ class MuonAdamW(torch.optim.Optimizer):
         if self._adam_groups:
             self._adamw = torch.optim.AdamW(
                 [{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"]} for g in self._adam_groups],
-                lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=True)
+                lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, **ADAMW_KERNEL)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -101,7 +103,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def _muon_step(self, group: dict) -> None:
         # one batch per shape, a tall matrix transposed into the batch of its wide twin
-        by_shape: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+        by_shape: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor, bool]]] = defaultdict(list)
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -112,14 +114,14 @@ class MuonAdamW(torch.optim.Optimizer):
             buf.lerp_(p.grad, 1 - group["momentum"])
             nesterov = p.grad.lerp(buf, group["momentum"])
             tall = p.shape[0] > p.shape[1]
-            by_shape[tuple(sorted(p.shape))].append((p, nesterov.mT if tall else nesterov))
+            by_shape[tuple(sorted(p.shape))].append((p, nesterov.mT if tall else nesterov, tall))
         for (_, long), items in by_shape.items():
-            updates = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"])
+            updates = orthogonalize(torch.stack([u for _, u, _ in items]), group["ns_steps"])
             scale = 0.2 * math.sqrt(long)  # RMS of AdamW's update (Liu et al.)
-            for (p, _), update in zip(items, updates):
+            for (p, _, tall), update in zip(items, updates):
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update.mT if p.shape[0] > p.shape[1] else update, alpha=-group["lr"] * scale)
+                p.add_(update.mT if tall else update, alpha=-group["lr"] * scale)
 
     def state_dict(self) -> dict:
         saved = super().state_dict()
