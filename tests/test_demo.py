@@ -93,3 +93,16 @@ def test_ablation_runs_side_by_side(fast_demo):
     assert saved["comprehension_features"] == "vq"
     assert "| question type | toklip | vq |" in markdown_tables(metrics)
     Image.open(fast_demo / "figures" / "grid_vq.png").verify()
+
+
+def test_machine_names_the_cpu_model(tmp_path):
+    """metrics.json's machine line carries the CPU's model name: two machines of one kind differ
+    in the demo's seconds and kernels' rounding (docs/DEMO.md, session 12)."""
+    from unified_ar.demo import cpu_model
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n\n"
+                       "processor\t: 1\nmodel name\t: AMD EPYC 9R14\n")
+    assert cpu_model(cpuinfo) == "AMD EPYC 9R14"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: \n")  # an empty name is not a name
+    assert cpu_model(cpuinfo) != ""

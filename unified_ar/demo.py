@@ -89,11 +89,24 @@ def command(argv: list[str]) -> None:
                            "on the same --out (finished stages are kept)")
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``; else ``platform.processor()``, which may be
+    empty). Two machines of one kind can differ here, and with them the demo's seconds and the
+    rounding of its bf16 / fused kernels (docs/DEMO.md, session 12)."""
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    return platform.processor() or "unknown CPU"
+
+
 def machine() -> str:
     import torch
 
-    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, {'CUDA' if torch.cuda.is_available() else 'no GPU'}")
+    return (f"{platform.machine()} {platform.system()}, {cpu_model()}, {os.cpu_count()} CPU cores, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}")
 
 
 def variants(config: DemoConfig) -> list[str]:
