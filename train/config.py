@@ -26,7 +26,7 @@ class TrainConfig:
     # muon: Muon on the hidden weight matrices (nn.Linear weights but the LM head), AdamW on the
     # rest, one lr (Muon's update is scaled to AdamW's RMS); ZeRO-0 with fp32 weights only
     # (train/muon.py; the demo's VQA 0.70 -> 0.75-0.90 over four runs in the same seconds, docs/DEMO.md;
-    # Muon wants a lower lr than AdamW there: 5e-4, session 12).
+    # Muon wants a lower lr than AdamW there: 7e-4, session 12).
     optimizer: Literal["adamw", "muon"] = "adamw"
     muon_momentum: float = 0.95
     lr: float = 3.0e-4
