@@ -116,13 +116,13 @@ def toklip_score(model, tokenize: Callable[[str], list[int]], images: Sequence[n
     time, so no padding enters the text tower."""
     import torch
 
+    from unified_ar.tokenizer.transforms import image_pixels, to_tensor
+
     sims = []
     with torch.inference_mode():
         for img, text in zip(images, prompts):
             pil = Image.fromarray(img)
-            if image_size is not None:
-                pil = pil.resize((image_size, image_size), Image.BICUBIC)
-            pixels = torch.from_numpy(np.asarray(pil, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1.0
+            pixels = (image_pixels(pil, image_size) if image_size is not None else to_tensor(pil))[None]
             pooled = model.encode_image(pixels)
             pooled = pooled[1] if isinstance(pooled, tuple) else pooled
             text_emb = model.encode_text(torch.tensor([tokenize(text)], dtype=torch.long))

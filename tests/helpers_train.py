@@ -3,6 +3,10 @@ and a synthetic token dataset, for the train/ tests."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,9 +101,11 @@ def pretokenize_world(world: Path, vq_dir: Path, out: Path) -> Path:
     return out
 
 
-def stage_config(world: Path, vq_dir: Path, codes: Path, run_dir: Path, **train) -> dict:
-    """A stage config (as a dict) training the tiny unified model on the Shapes world."""
-    return {
+def stage_config(world: Path, vq_dir: Path, codes: Path, run_dir: Path, *, model: dict | None = None,
+                 collate: dict | None = None, **train) -> dict:
+    """A stage config (as a dict) training the tiny unified model on the Shapes world; ``model`` and
+    ``collate`` update those sections, ``train`` the train section."""
+    config = {
         "stage": "unified",
         "run_dir": str(run_dir),
         "model": {"llm": {"preset": "test", "attn_implementation": "sdpa"},
@@ -113,3 +119,73 @@ def stage_config(world: Path, vq_dir: Path, codes: Path, run_dir: Path, **train)
         "train": {"max_steps": 8, "micro_batch_size": 2, "lr": 1.0e-2, "warmup_steps": 1, "log_every": 1,
                   "progress_bar": False, **train},
     }
+    config["model"].update(model or {})
+    config["collate"].update(collate or {})
+    return config
+
+
+def tiny_toklip() -> dict:
+    """``model.toklip`` for the tiny VQ (semantic_gen_input, comprehension_features toklip)."""
+    from unified_helpers import TINY_VQ
+
+    return {"preset": "TokLIP-shapes",
+            "overrides": {"vq_cfg": TINY_VQ, "img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2}}
+
+
+def launcher_env() -> dict:
+    """The environment of a launched run: one intra-op thread per rank, no inherited rank variables."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun_stage(config: Path, *extra: str, nproc: int = 2) -> list[str]:
+    """The command running ``unified-ar train --config CONFIG`` on ``nproc`` ranks under torchrun."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+            "127.0.0.1", "--master_port", str(_free_port()), "-m", "unified_ar.train.stage_unified",
+            "--config", str(config), *extra]
+
+
+def start_group(command: list[str], **kwargs) -> subprocess.Popen:
+    """Start ``command`` (a launcher) in a session of its own, with :func:`launcher_env`."""
+    return subprocess.Popen(command, env=launcher_env(), start_new_session=True, **kwargs)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every process under it, at once, and reap them. torchrun starts each
+    rank in a session of its own, so a SIGKILL of the launcher's process group alone would leave the
+    ranks running (training on, writing checkpoints, or hung in a collective)."""
+    import psutil
+
+    try:
+        launcher = psutil.Process(proc.pid)
+        tree = [launcher, *launcher.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []  # already exited
+    for process in tree:  # the launcher first: it cannot start anything once it is gone
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    psutil.wait_procs(tree, timeout=30)
+
+
+def run_group(command: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``command`` to the end; on a timeout (a hang: a collective mismatch) kill its whole group,
+    not only the launcher, so that no rank is left behind, and return code -9 with the output so far."""
+    proc = start_group(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        out, err = proc.communicate()
+        err += f"\n(killed after {timeout} s: a hang)"
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)

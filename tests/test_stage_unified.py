@@ -94,3 +94,46 @@ def test_init_from_takes_the_stages_loss_weights_and_rejects_a_changed_model(tmp
         build_model(replace(config, model=tiny_config(comprehension_features="toklip")))
     with pytest.raises(ConfigError, match=r"model.image_position_embedding = True \(init_from has False\)"):
         build_model(replace(config, model=tiny_config(image_position_embedding=True)))
+
+
+def test_init_from_takes_the_model_from_the_saved_one_and_compares_only_written_keys(tmp_path):
+    from unified_helpers import tiny_model
+    from unified_ar.train.stage_unified import build_model
+
+    saved = tiny_model(tmp_path / "tok", image_position_embedding=True, image_loss_weight=2.0)
+    saved = saved.save_pretrained(tmp_path / "saved")
+    config = StageConfig(init_from=str(saved))  # no model section: the dataclass defaults differ
+    assert not config.model.image_position_embedding
+    model = build_model(config, written={})
+    assert model.config.image_position_embedding and model.image_pos_embed is not None
+    assert model.config.image_loss_weight == 2.0  # unwritten: the saved model's
+    written = {"image_loss_weight": 4.0, "image_position_embedding": True, "llm": {"preset": "tiny"}}
+    model = build_model(config, written=written)  # llm: the saved model's, as before
+    assert (model.config.image_loss_weight, model.config.text_loss_weight) == (4.0, 1.0)
+    with pytest.raises(ConfigError, match=r"model.image_position_embedding = False \(init_from has True\)"):
+        build_model(config, written={"image_position_embedding": False})
+    with pytest.raises(ConfigError, match=r"model.projector = .*depth=3.* \(init_from has .*depth=2"):
+        build_model(config, written={"projector": {"depth": 3}})
+
+
+@pytest.mark.slow
+def test_a_stage_without_a_model_section_trains_from_init_from(shapes_world, world_codes, tmp_path, capsys):
+    """align -> unified -> sft: sft.yaml has no model section; the saved model's config is used,
+    and the run's config.yaml shows it."""
+    from unified_ar.cli import main
+
+    vq_dir, codes = world_codes
+    first = stage_config(shapes_world, vq_dir, codes, tmp_path / "unified", max_steps=1,
+                         model={"image_position_embedding": True, "image_loss_weight": 2.0})
+    (tmp_path / "unified.yaml").write_text(yaml.safe_dump(first))
+    assert main(["train", "--config", str(tmp_path / "unified.yaml")]) == 0
+    sft = {key: value for key, value in first.items() if key != "model"}
+    sft.update(stage="sft", run_dir=str(tmp_path / "sft"), init_from=str(tmp_path / "unified" / "export"))
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(sft))
+    assert main(["train", "--config", str(tmp_path / "sft.yaml"), "--model.text_loss_weight", "0.5"]) == 0
+    resolved = yaml.safe_load((tmp_path / "sft" / "config.yaml").read_text())["model"]
+    assert resolved["image_position_embedding"] is True and resolved["comprehension_features"] == "vq"
+    assert (resolved["image_loss_weight"], resolved["text_loss_weight"]) == (2.0, 0.5)
+    capsys.readouterr()
+    assert main(["train", "--config", str(tmp_path / "sft.yaml"), "--model.image_position_embedding", "false"]) == 2
+    assert "model.image_position_embedding = False (init_from has True)" in capsys.readouterr().err

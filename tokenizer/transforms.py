@@ -10,15 +10,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image -> RGB as a viewer shows it: EXIF orientation applied (as transformers'
+    ``load_image`` does), transparency composited onto white (transformers' ``convert_to_rgb``),
+    grayscale, palette and CMYK converted."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize the short side to ``size`` (bicubic), then centre-crop to ``size`` x ``size``.
+    """The image rule: :func:`to_rgb`, resize the short side to ``size`` (bicubic), then
+    centre-crop to ``size`` x ``size`` (LlamaGen's and TokLIP's training transform). Every path
+    from a picture to the model (pretokenize, training, evaluation, chat, sample) goes through it.
 
     An image already of that size is returned unchanged, so the Shapes world's
     unantialiased renders keep their exact pixel values."""
-    image = image.convert("RGB")
+    image = to_rgb(image)
     w, h = image.size
     if (w, h) == (size, size):
         return image
@@ -53,10 +67,25 @@ def to_pil(pixels: torch.Tensor) -> Image.Image:
     return Image.fromarray(to_uint8(pixels))
 
 
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """Read an image file, resize/centre-crop to ``size``, return [3, size, size] in [-1, 1]."""
+def image_pixels(image: Image.Image, size: int) -> torch.Tensor:
+    """A PIL image under the image rule (:func:`resize_center_crop`) -> [3, size, size] in [-1, 1]."""
+    return to_tensor(resize_center_crop(image, size))
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Read an image file fully (so a truncated file fails here, naming it). Raises
+    ``FileNotFoundError`` or ``ValueError`` with the path."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image not found")
-    with Image.open(path) as image:
-        return to_tensor(resize_center_crop(image, size))
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:  # PIL's errors for bad files
+        raise ValueError(f"{path}: unreadable image: {error}") from None
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """Read an image file under the image rule: [3, size, size] in [-1, 1]."""
+    return image_pixels(open_image(path), size)

@@ -363,6 +363,11 @@ class VQModel(nn.Module):
         self.quant_conv = nn.Conv2d(config.z_channels, config.codebook_embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(config.codebook_embed_dim, config.z_channels, 1)
 
+    def weights_sha256(self) -> str:
+        """The VQ's identity: :func:`weights_sha256` of its parameters (usage statistics, a
+        buffer, do not change what the VQ encodes and are left out)."""
+        return weights_sha256(dict(self.named_parameters()))
+
     def grid_size(self, image_size: int) -> int:
         """Side of the code grid for a square ``image_size`` input."""
         f = self.config.downsample_factor
@@ -537,6 +542,20 @@ class VQModel(nn.Module):
         model = cls(replace(config, **overrides))
         load_strict(model, state, str(path))
         return model.eval()
+
+
+def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """Identity of some weights: SHA-256 over each tensor's name, shape and float32 value bytes, in
+    name order. Whatever dtype or device the weights were loaded in, the same weights give the
+    same digest, so codes, a model and a TokLIP checkpoint can be checked to share one VQ."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def foreground_mask(pixels: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:

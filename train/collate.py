@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from unified_ar.sequences import IGNORE, Example, comprehension_example, generation_example
+from unified_ar.sequences import IGNORE, Example, comprehension_example, generation_example, text_example
 from unified_ar.train.data.sources import Sample
 from unified_ar.vocab import VocabLayout
 
@@ -73,9 +73,7 @@ class Collator:
             return Laid(ex, [])
         if sample.kind == "comprehension":
             return Laid(self._conversation(sample.conversation), list(sample.images))
-        ids = [self.layout.bos_id] + list(self.tokenizer(sample.text, add_special_tokens=False)["input_ids"])
-        ids.append(self.layout.eos_id)
-        return Laid(Example(ids, list(ids), 0), [])
+        return Laid(text_example(self.layout, self.tokenizer, sample.text), [])
 
     def _conversation(self, conversation: list[dict]) -> Example:
         """The laid-out conversation (it does not depend on the image codes), from a bounded LRU

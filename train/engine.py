@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from unified_ar.config import ConfigError
+
 from unified_ar.train.config import TrainConfig
 
 
@@ -167,7 +169,7 @@ def select_trainable(model: nn.Module, config: TrainConfig) -> list[tuple[str, n
     for key in ("trainable", "frozen"):
         for prefix in getattr(config, key):
             if not any(name.startswith(prefix) for name in names):
-                raise ValueError(f"train.{key}: prefix {prefix!r} matches no parameter of "
+                raise ConfigError(f"train.{key}: prefix {prefix!r} matches no parameter of "
                                  f"{type(model).__name__} (first names: {', '.join(names[:5])})")
     selected = []
     for name, param in model.named_parameters():
@@ -329,9 +331,11 @@ class Engine:
         if not hasattr(module, "save_pretrained"):
             raise TypeError(f"{type(module).__name__} has no save_pretrained(); cannot export to {directory}")
         if self.config.zero_stage == 3:
+            # gathered parameters are views into DeepSpeed's flat all-gather buffers too
             with _deepspeed().zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 if self.is_main:
-                    module.save_pretrained(directory)
+                    with _own_storage(module):
+                        module.save_pretrained(directory)
         elif self.is_main:
             with _own_storage(module):
                 module.save_pretrained(directory)
@@ -343,9 +347,9 @@ class Engine:
 def _own_storage(module: nn.Module) -> Iterator[None]:
     """Give each parameter its own storage for the duration of a save.
 
-    ZeRO-1/2 (and bf16) keep parameters as views into one flat buffer, which
-    safetensors refuses to save; the flat buffer is put back afterwards so that
-    training can go on."""
+    ZeRO-1/2 (and bf16) keep parameters as views into one flat buffer, and ZeRO-3's
+    gathered parameters are views into the all-gather buffer, which safetensors refuses
+    to save; the original storage is put back afterwards so that training can go on."""
     originals = [(p, p.data) for p in module.parameters()]
     try:
         for param, data in originals:

@@ -76,66 +76,103 @@ def check_stage(config: StageConfig, source: str) -> None:
                           "pipeline; run `unified-ar pretokenize` and set data.codes")
 
 
-# with ``init_from``, the saved model's own config gives the LLM, VQ, TokLIP and tokenizer; these
-# fields of ``model`` must then agree with it, and these are the stage's own (loss weights)
+# with ``init_from``, the saved model's own config is the model config (LLM, VQ, TokLIP, tokenizer and
+# the rest); of the ``model`` keys a stage config writes, these must agree with it, and these are the
+# stage's own (loss weights: a written one replaces the saved one), these LLM settings apply to the
+# saved LLM (how it runs, not what it is); the other written keys (llm, vq, toklip, tokenizer) are not
+# used, and a warning names them
 INIT_MUST_AGREE = ("image_size", "projector", "comprehension_features", "semantic_gen_input",
                    "image_position_embedding")
 STAGE_MODEL_FIELDS = ("text_loss_weight", "image_loss_weight")
+INIT_LLM_SETTINGS = ("attn_implementation", "gradient_checkpointing")
 
 
-def build_model(config: StageConfig):
-    """The unified model: ``init_from`` (a saved directory, with the stage's loss weights) or a
-    fresh one from ``config.model``. A ``model`` field in :data:`INIT_MUST_AGREE` that differs
-    from the saved model's is an error, not silently dropped."""
+def build_model(config: StageConfig, written: dict | None = None):
+    """The unified model: ``init_from`` (a saved directory) or a fresh one from ``config.model``.
+
+    ``written``: the ``model`` section as the user wrote it (YAML + ``--model.*`` overrides, a nested
+    dict); None counts every field of ``config.model`` as written (a config built in code). With
+    ``init_from``, a written :data:`INIT_MUST_AGREE` key that differs from the saved model's is an
+    error, not silently dropped; a written :data:`STAGE_MODEL_FIELDS` key replaces the saved value;
+    an unwritten key keeps the saved model's (a stage config need not restate the model)."""
+    from unified_ar.config import from_dict, merge, to_dict
     from unified_ar.modeling import UnifiedARModel
 
     if config.init_from is None:
         return UnifiedARModel.from_config(config.model)
-    model = UnifiedARModel.from_pretrained(config.init_from)
-    differ = [f"model.{name} = {getattr(config.model, name)!r} (init_from has {getattr(model.config, name)!r})"
-              for name in INIT_MUST_AGREE if getattr(config.model, name) != getattr(model.config, name)]
+    written = to_dict(config.model) if written is None else written
+    llm_written = written.get("llm") if isinstance(written.get("llm"), dict) else {}
+    llm_settings = {k: getattr(config.model.llm, k) for k in INIT_LLM_SETTINGS if k in llm_written}
+    _warn_unused(config.init_from, written, llm_settings)
+    model = UnifiedARModel.from_pretrained(config.init_from, **llm_settings)
+    saved = to_dict(model.config)
+    # a written sub-key (model.projector.depth) overrides that part of the saved section only
+    stated = {name: merge(saved[name], value) if isinstance(value, dict) and isinstance(saved[name], dict)
+              else value for name, value in written.items() if name in INIT_MUST_AGREE + STAGE_MODEL_FIELDS}
+    stage = from_dict(UnifiedConfig, stated, "model")
+    differ = [f"model.{name} = {getattr(stage, name)!r} (init_from has {getattr(model.config, name)!r})"
+              for name in INIT_MUST_AGREE if name in stated and getattr(stage, name) != getattr(model.config, name)]
     if differ:
         raise ConfigError(f"init_from {config.init_from}: the stage config differs from the saved model: "
                           + "; ".join(differ) + ". Train from scratch (init_from: null) or drop the change.")
-    model.config = replace(model.config, **{name: getattr(config.model, name) for name in STAGE_MODEL_FIELDS})
+    model.config = replace(model.config, **{name: getattr(stage, name) for name in STAGE_MODEL_FIELDS
+                                            if name in stated})
     return model
 
 
-def _pixel_encoder(model):
-    """pixels [3,H,W] in [-1,1] -> codes int64 [N], with the model's own VQ (no pretokenized codes)."""
-    vq = model.vq
+def _warn_unused(init_from: str, written: dict, llm_settings: dict) -> None:
+    unused = [f"model.{k}" for k in written if k not in INIT_MUST_AGREE + STAGE_MODEL_FIELDS + ("llm",)]
+    unused += [f"model.llm.{k}" for k in (written.get("llm") or {}) if k not in llm_settings]
+    if unused:
+        logging.getLogger(__name__).warning(
+            "init_from %s gives the model: %s not used (the saved model's are)", init_from, ", ".join(unused))
 
-    def encode(pixels):
+
+def _pixel_encoder(model):
+    """An image (PIL or a file path) -> codes int64 [N] under the model's image rule, with the
+    model's own VQ (no pretokenized codes)."""
+    vq, processor = model.vq, model.processor
+
+    def encode(image):
+        pixels = processor.pixels(image)
         return vq.encode(pixels[None].to(model.device))[0].flatten().cpu().numpy()
 
     return encode
 
 
-def _image_codes(config: StageConfig, model, file: Path):
-    from unified_ar.tokenizer.transforms import load_image
-    from unified_ar.train.data.sources import ImageCodes, load_code_table
+def code_table(config: StageConfig, model):
+    """``data.codes``, after checking they were made by the model's VQ under its image rule."""
+    from unified_ar.processor import ProcessorMismatch
+    from unified_ar.train.data.sources import load_code_table
+
+    try:
+        model.processor.check_codes(config.data.codes)
+    except ProcessorMismatch as error:
+        raise ConfigError(str(error)) from None
+    return load_code_table(config.data.codes)
+
+
+def _image_codes(config: StageConfig, model, file: Path, table):
+    from unified_ar.train.data.sources import ImageCodes
 
     root = Path(config.data.image_root) if config.data.image_root else file.parent
-    if config.data.codes is not None:
-        return ImageCodes(root, table=load_code_table(config.data.codes))
-    encode, size = _pixel_encoder(model), model.config.image_size
-    return ImageCodes(root, encoder=lambda path: encode(load_image(path, size)))
+    if table is not None:
+        return ImageCodes(root, table=table)
+    return ImageCodes(root, encoder=_pixel_encoder(model))
 
 
-def build_source(spec: SourceConfig, config: StageConfig, model):
-    """One configured source (see :mod:`unified_ar.train.data.sources`)."""
-    from unified_ar.tokenizer.transforms import resize_center_crop, to_tensor
+def build_source(spec: SourceConfig, config: StageConfig, model, table=None):
+    """One configured source (see :mod:`unified_ar.train.data.sources`); ``table``: the code table."""
     from unified_ar.train.data import sources
 
     path = Path(spec.path)
     if spec.kind == "captions":
-        return sources.CaptionSource(path, _image_codes(config, model, path), spec.streaming)
+        return sources.CaptionSource(path, _image_codes(config, model, path, table), spec.streaming)
     if spec.kind == "conversations":
-        return sources.ConversationSource(path, _image_codes(config, model, path), spec.streaming)
+        return sources.ConversationSource(path, _image_codes(config, model, path, table), spec.streaming)
     if spec.kind == "text":
         return sources.TextSource(path, spec.streaming)
-    encode, size = _pixel_encoder(model), model.config.image_size
-    return sources.WebDatasetSource(spec.path, encode=lambda image: encode(to_tensor(resize_center_crop(image, size))))
+    return sources.WebDatasetSource(spec.path, encode=_pixel_encoder(model))
 
 
 def build_data(config: StageConfig, model):
@@ -147,7 +184,8 @@ def build_data(config: StageConfig, model):
 
     collator = Collator(model.layout, model.tokenizer, model.num_image_tokens, config.collate, config.train.seed)
     bad = BadData(max_fraction=config.data.max_bad_fraction)
-    built = [build_source(s, config, model) for s in config.data.sources]
+    table = code_table(config, model) if config.data.codes is not None else None  # one table for all sources
+    built = [build_source(s, config, model, table) for s in config.data.sources]
     rows = config.train.micro_batch_size
     if config.data.sources[0].streaming:
         return StreamBatches(built[0], collator, rows, config.train.seed, config.data.stream_buffer, bad)
@@ -169,13 +207,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = load_config(StageConfig, args.config, overrides)
     check_stage(config, args.config)
+    from unified_ar.config import merge, parse_overrides, read_yaml
+
+    # the keys the user wrote (the dataclass cannot tell a written default from an unwritten one)
+    written = merge(read_yaml(args.config), parse_overrides(overrides)).get("model") or {}
     from unified_ar.train.data.bad import BadDataError
     from unified_ar.train.loop import TrainingStopped, train
 
     import torch
 
     torch.manual_seed(config.train.seed)  # same initial weights on every rank, and run to run
-    model = build_model(config)
+    model = build_model(config, written)
+    if config.init_from is not None:  # the run's config.yaml shows (and checks) the model it trains
+        config = replace(config, model=model.config)
+        check_stage(config, args.config)
     data = build_data(config, model)
     try:
         result = train(model, data, config.train, config.run_dir, resume=args.resume, full_config=config)
@@ -188,5 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def launched_main() -> int:
+    """``python -m unified_ar.train.stage_unified`` (torchrun / deepspeed): a config error is one
+    line and exit code 2, as under ``unified-ar train``."""
+    try:
+        return main()
+    except ConfigError as error:
+        print(f"unified-ar train: config error: {error}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(launched_main())

@@ -27,6 +27,7 @@ from torch import nn
 from unified_ar.config import from_dict, to_dict
 from unified_ar.llm import (LLMConfig, LLMStep, build_llm, cache_keyword, check_attention_backend,
                             enable_activation_checkpointing, llm_hidden_size)
+from unified_ar.processor import ImageSpec, UnifiedARProcessor
 from unified_ar.projector import Projector, ProjectorConfig
 from unified_ar.sequences import IGNORE
 from unified_ar.vocab import VocabLayout, resize_llm_vocab
@@ -36,12 +37,17 @@ CONFIG_NAME = "unified_config.json"
 
 @dataclass
 class PartConfig:
-    """A VQ or TokLIP: a preset (random init), or a ``path`` (our directory or an official ``.pt``)."""
+    """A VQ or TokLIP: a preset (random init), or a ``path`` (our directory or an official ``.pt``).
+
+    ``config``: the part's whole config (``VQConfig`` / ``TokLIPConfig`` fields), written by
+    ``save_pretrained``; the part is then built from it and its weights come from the model
+    folder, so a folder never refers to a file outside itself."""
 
     preset: str | None = None
     path: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     trainable: bool = False
+    config: dict[str, Any] | None = None
 
 
 @dataclass
@@ -75,9 +81,14 @@ class UnifiedOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _build_vq(part: PartConfig, device) -> nn.Module:
+def build_vq(part: PartConfig, device) -> nn.Module:
+    """The VQ of ``part`` on ``device``: a model folder's own config, a preset (random init), our
+    directory or an official ``.pt`` (with ``preset``). Pretokenize builds it the same way."""
     from unified_ar.tokenizer.vq import VQ_PRESETS, VQConfig, VQModel, preset_config, read_config_json
 
+    if part.config is not None:  # a model folder's own VQ: weights loaded by from_pretrained
+        with torch.device(device):
+            return VQModel(replace(from_dict(VQConfig, part.config, "vq.config"), **part.overrides))
     path = Path(part.path) if part.path else None
     if torch.device(device).type == "meta" or path is None:
         if path is not None and path.is_dir():
@@ -91,11 +102,16 @@ def _build_vq(part: PartConfig, device) -> nn.Module:
 
 
 def _build_toklip(part: PartConfig, device, vq: nn.Module) -> nn.Module:
-    """TokLIP from a preset (sharing our VQ module, so its weights exist once) or a path
-    (our TokLIP directory or an official checkpoint, which bring their own VQ copy)."""
+    """TokLIP sharing the model's VQ module (its weights exist once): from a model folder's own
+    config, a preset (random init), or a path (our TokLIP directory or an official checkpoint,
+    whose embedded VQ must be the model's VQ: checked by weight hash)."""
     from unified_ar.tokenizer import toklip as tk
     from unified_ar.tokenizer.vq import read_config_json
 
+    if part.config is not None:  # weights loaded by from_pretrained
+        cfg = tk.toklip_config(from_dict(tk.TokLIPConfig, part.config, "toklip.config"), **part.overrides)
+        with torch.device(device):
+            return tk.TokLIP(cfg, vq=vq)
     path = Path(part.path) if part.path else None
     if torch.device(device).type == "meta" or path is None:
         if path is not None and path.is_dir():
@@ -108,8 +124,8 @@ def _build_toklip(part: PartConfig, device, vq: nn.Module) -> nn.Module:
         with torch.device(device):
             return tk.TokLIP(cfg, vq=vq)
     if path.is_dir():
-        return tk.TokLIP.from_pretrained(path, **part.overrides)
-    return tk.TokLIP.from_official_checkpoint(path, part.preset, **part.overrides)
+        return tk.TokLIP.from_pretrained(path, vq=vq, **part.overrides)
+    return tk.TokLIP.from_official_checkpoint(path, part.preset, vq=vq, **part.overrides)
 
 
 def _runs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,16 +161,21 @@ class UnifiedARModel(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
-        self.vq = _build_vq(config.vq, device)
+        self.vq = build_vq(config.vq, device)
+        grid = self.vq.grid_size(config.image_size)
+        spec = ImageSpec(config.image_size, grid, self.vq.config.codebook_size, vq_sha256=None)
+        self.processor = UnifiedARProcessor(spec, tokenizer)
         if tokenizer is None:
             if text_vocab_size is None:
                 raise ValueError("UnifiedARModel: give a tokenizer (or text_vocab_size for a size estimate)")
             self.layout = VocabLayout.sized(text_vocab_size, self.vq.config.codebook_size)
         else:
-            self.layout = VocabLayout.from_tokenizer(tokenizer, self.vq.config.codebook_size)
+            self.layout = self.processor.layout
         self.llm = build_llm(config.llm, self.layout.text_vocab_size, device, meta_ok=meta_ok)
         self._cache_keyword = cache_keyword(self.llm)
-        resize_llm_vocab(self.llm, self.layout)
+        self.layout = resize_llm_vocab(self.llm, self.layout)
+        if tokenizer is not None:
+            self.processor.layout = self.layout
         hidden = llm_hidden_size(self.llm)
         needs_toklip = config.comprehension_features == "toklip" or config.semantic_gen_input
         self.toklip = _build_toklip(config.toklip, device, self.vq) if needs_toklip else None
@@ -179,10 +200,21 @@ class UnifiedARModel(nn.Module):
             if part is not None and not cfg.trainable:
                 part.requires_grad_(False)
                 part.eval()
+        if torch.device(device).type != "meta":
+            self.refresh_vq_identity()
+
+    def refresh_vq_identity(self) -> str:
+        """Record the VQ's weight hash in the processor (after the VQ's weights changed) and return it."""
+        self.processor.image = replace(self.processor.image, vq_sha256=self.vq.weights_sha256())
+        return self.processor.image.vq_sha256
 
     @classmethod
     def from_config(cls, config: UnifiedConfig, tokenizer=None, device="cpu", meta_ok: bool = False):
         """Build from a config; the tokenizer is loaded from ``config.tokenizer`` unless given."""
+        inline = [name for name in ("vq", "toklip") if getattr(config, name).config is not None]
+        if inline:
+            raise ValueError(f"{', '.join(inline)}.config: a model folder's record of its parts, whose weights are "
+                             "in that folder; load it with from_pretrained / init_from, or give a preset or path")
         if tokenizer is None:
             if config.tokenizer is None:
                 raise ValueError("UnifiedConfig.tokenizer: a tokenizer directory is required")
@@ -254,7 +286,19 @@ class UnifiedARModel(nn.Module):
         return self.toklip.encode_codes(codes.view(-1, *self.grid))[0].reshape(-1, self.toklip.feature_dim)
 
     def embed(self, input_ids: torch.Tensor, image_codes: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids [B,L] (+ image_codes [M,N], one row per ``<|image|>`` run) -> inputs_embeds [B,L,H]."""
+        """input_ids [B,L] (+ image_codes [M,N], one row per ``<|image|>`` run) -> inputs_embeds [B,L,H].
+
+        Every visual module of the config runs on every call that may train, in the same order
+        (comprehension features + projector, TokLIP + ``gen_projector``, ``image_pos_embed``),
+        whatever the micro-batch holds: a path with nothing to do runs on one dummy image (codes
+        0) or grid index 0 and adds ``0 * result.sum()``, so embeddings and gradients are what
+        they were (the dummy's gradients are zeros). Under ZeRO-3 each module's forward
+        all-gathers its parameters and its backward reduces their gradients, so ranks whose
+        micro-batches differ (captions on one, conversations on the other) must still run the
+        same modules, or gloo fails with a collective mismatch (or hangs). Inference (eval mode
+        under ``no_grad`` / ``inference_mode``: sampling, evaluation) skips the dummies; a
+        multi-rank ZeRO-3 forward must run in train mode or with grad enabled."""
+        uniform = self.training or torch.is_grad_enabled()
         embeds = self.llm.get_input_embeddings()(input_ids)
         slots = input_ids == self.layout.image_placeholder_id
         _, lengths = _runs(slots)
@@ -265,18 +309,29 @@ class UnifiedARModel(nn.Module):
                 f"{int(slots.sum())} placeholder tokens, but image_codes has {m} image(s) x "
                 f"{self.num_image_tokens} tokens"
             )
+        dummy_codes = input_ids.new_zeros(1, self.num_image_tokens)
         if m:
             feats = self.comprehension_embeds(image_codes).to(embeds.dtype)
             embeds = embeds.masked_scatter(slots[..., None], feats)
+        elif uniform:
+            embeds = embeds + 0 * self.comprehension_embeds(dummy_codes).sum().to(embeds.dtype)
         image = self.layout.is_image_id(input_ids)
         if self.gen_projector is not None and bool(image.any()):
             extra = self._project_gen(self._gen_features(input_ids)).to(embeds.dtype)
             embeds = embeds.masked_scatter(image[..., None], embeds[image] + extra)
+        elif self.gen_projector is not None and uniform:
+            feats = self.toklip.encode_codes(dummy_codes.view(1, *self.grid))[0]
+            embeds = embeds + 0 * self._project_gen(feats).sum().to(embeds.dtype)
         if self.image_pos_embed is not None:
-            for mask in (slots, image):
-                if bool(mask.any()):
-                    extra = self.image_pos_embed(self._grid_index(mask)).to(embeds.dtype)
-                    embeds = embeds.masked_scatter(mask[..., None], embeds[mask] + extra)
+            # one call for shown and generated images (slots first), so the module runs once
+            index = torch.cat([self._grid_index(slots), self._grid_index(image)])
+            if len(index):
+                extra = self.image_pos_embed(index).to(embeds.dtype)
+                shown = int(slots.sum())
+                for mask, part in ((slots, extra[:shown]), (image, extra[shown:])):
+                    embeds = embeds.masked_scatter(mask[..., None], embeds[mask] + part)
+            elif uniform:
+                embeds = embeds + 0 * self.image_pos_embed(index.new_zeros(1)).sum().to(embeds.dtype)
         return embeds
 
     def _grid_index(self, mask: torch.Tensor) -> torch.Tensor:
@@ -329,61 +384,90 @@ class UnifiedARModel(nn.Module):
                              ignore_index=IGNORE, reduction="none").view_as(targets)
         valid = targets != IGNORE
         is_image = self.layout.is_image_id(targets) | (targets == self.layout.image_end_id)
-        zero = logits.new_zeros((), dtype=torch.float32)
         text_mask, image_mask = valid & ~is_image, valid & is_image
-        text_loss = ce[text_mask].mean() if bool(text_mask.any()) else zero
-        image_loss = ce[image_mask].mean() if bool(image_mask.any()) else zero
+        # an empty part is the sum over no tokens: 0, but still on the graph, so a micro-batch with no
+        # target at all still runs a backward (through every module) like the other ranks' micro-batches
+        text_loss = ce[text_mask].mean() if bool(text_mask.any()) else ce[text_mask].sum()
+        image_loss = ce[image_mask].mean() if bool(image_mask.any()) else ce[image_mask].sum()
         loss = self.config.text_loss_weight * text_loss + self.config.image_loss_weight * image_loss
         metrics = {"text_loss": float(text_loss.detach()), "image_loss": float(image_loss.detach()),
                    "text_tokens": float(text_mask.sum()), "image_tokens": float(image_mask.sum())}
         return UnifiedOutput(loss, text_loss, image_loss, logits, cache, metrics)
 
     # -- save / load ----------------------------------------------------------------------
-    def _saved_parts(self) -> dict[str, nn.Module]:
-        """Every child module, each written to its own safetensors file, except a frozen VQ/TokLIP
-        loaded from a path (the config references it). A module added to the model is saved
-        without being listed here."""
-        referenced = {name for name, cfg in (("vq", self.config.vq), ("toklip", self.config.toklip))
-                      if not cfg.trainable and cfg.path is not None}
-        return {name: module for name, module in self.named_children() if name not in referenced}
+    def _part_state(self, name: str, module: nn.Module) -> dict[str, torch.Tensor] | None:
+        """The tensors written for child ``name``; None: the module is written as it is. TokLIP's
+        embedded VQ is the model's VQ (shared), so it is written once, in ``vq.safetensors``."""
+        if name != "toklip":
+            return None
+        from unified_ar.tokenizer.toklip import VQ_PREFIX
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``unified_config.json``, the LLM's HF config, one safetensors file per part, the tokenizer."""
-        from safetensors.torch import save_model
+        return {k: v.detach().contiguous() for k, v in module.state_dict().items() if not k.startswith(VQ_PREFIX)}
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def _saved_config(self) -> dict:
+        """``unified_config.json``: every part inline (the LLM's HF config, the VQ's and TokLIP's
+        whole configs), so the folder is rebuilt from itself, wherever it is copied."""
         data = to_dict(self.config)
         # The LLM is rebuilt from its own HF config on load (random init, then our weights),
         # so a checkpoint never needs the original LLM directory.
         data["llm"] = {**data["llm"], "path": None, "preset": None, "hf_config": self.llm.config.to_dict()}
+        for name, part in (("vq", self.vq), ("toklip", self.toklip)):
+            if part is not None:
+                data[name] = {**data[name], "path": None, "preset": None, "overrides": {},
+                              "config": to_dict(part.config)}
         data["tokenizer"] = None
-        (directory / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
-        for name, module in self._saved_parts().items():
-            save_model(module, str(directory / f"{name}.safetensors"))
-        self.tokenizer.save_pretrained(directory)
+        return data
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write a self-contained folder: ``unified_config.json``, one safetensors file per part
+        (VQ and TokLIP included), the processor (``processor_config.json`` + the tokenizer)."""
+        from safetensors.torch import save_file, save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(json.dumps(self._saved_config(), indent=2) + "\n")
+        for name, module in self.named_children():
+            state = self._part_state(name, module)
+            if state is None:
+                save_model(module, str(directory / f"{name}.safetensors"))
+            else:
+                save_file(state, str(directory / f"{name}.safetensors"))
+        self.refresh_vq_identity()
+        self.processor.save_pretrained(directory)
         return directory
+
+    def _load_part(self, name: str, module: nn.Module, file: Path, device) -> None:
+        from safetensors.torch import load_file, load_model
+
+        from unified_ar.tokenizer.vq import load_strict
+
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: missing weights of part {name!r}")
+        expected = self._part_state(name, module)
+        if expected is None:
+            load_model(module, str(file), strict=True, device=str(device))
+            return
+        state = load_file(str(file), device=str(device))
+        shared = {k: v for k, v in module.state_dict().items() if k not in expected}
+        load_strict(module, {**state, **shared}, str(file))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
                         **llm_overrides) -> "UnifiedARModel":
         """Load a :meth:`save_pretrained` directory (strict; no network) onto ``device``.
         ``llm_overrides`` replace LLMConfig fields (e.g. ``attn_implementation="eager"``)."""
-        from safetensors.torch import load_model
-        from transformers import AutoTokenizer
-
         directory = Path(directory)
         path = directory / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not a unified model directory (no {CONFIG_NAME})")
         config = from_dict(UnifiedConfig, json.loads(path.read_text()), str(path))
         config = replace(config, llm=replace(config.llm, **llm_overrides))
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = cls(config, tokenizer, device=device)
+        processor = UnifiedARProcessor.from_pretrained(directory)
+        model = cls(config, processor.tokenizer, device=device)
         model.to(device)  # path-referenced VQ / TokLIP load on the CPU
-        for name, module in model._saved_parts().items():
-            file = directory / f"{name}.safetensors"
-            if not file.is_file():
-                raise FileNotFoundError(f"{file}: missing weights of part {name!r}")
-            load_model(module, str(file), strict=True, device=str(device))
+        for name, module in model.named_children():
+            model._load_part(name, module, directory / f"{name}.safetensors", device)
+        model.refresh_vq_identity()
+        model.processor.image.check_same(processor.image, f"{directory}'s processor_config.json",
+                                         "the folder's VQ weights do not match its own record")
         return model.eval()

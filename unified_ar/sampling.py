@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
@@ -336,11 +337,10 @@ def generate_text(model, prompts: list[list[int]], image_codes: torch.Tensor | N
 
 
 def image_to_codes(model, item) -> torch.Tensor:
-    """A PIL image, pixels [3,H,W] in [-1,1], or codes [N] / [h,w] -> codes [N]."""
-    if isinstance(item, Image.Image):
-        size = model.config.image_size
-        arr = np.asarray(item.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
-        item = torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+    """A PIL image or an image file path (under the model's image rule), pixels [3,H,W] in [-1,1],
+    or codes [N] / [h,w] -> codes [N]."""
+    if isinstance(item, (Image.Image, str, Path)):
+        item = model.processor.pixels(item)
     item = torch.as_tensor(item)
     if item.dtype.is_floating_point:
         if item.dim() != 3 or item.shape[0] != 3:

@@ -161,6 +161,14 @@ def generation_example(layout: VocabLayout, tokenizer, caption: str, codes, drop
     return Example(input_ids, labels, 0)
 
 
+def text_example(layout: VocabLayout, tokenizer, text: str) -> Example:
+    """Plain language modelling: ``[bos] text eos``, loss on every token; the bos only where the
+    tokenizer has one (Qwen's has none: its pretraining separates documents by the end token)."""
+    head = [layout.bos_id] if layout.bos_id is not None else []
+    ids = head + _encode(tokenizer, text) + [layout.eos_id]
+    return Example(ids, list(ids), 0)
+
+
 def chat_prompt(layout: VocabLayout, tokenizer, messages: list[dict], num_image_tokens: int) -> list[int]:
     """Prompt ids for the next assistant turn; ``<image>`` in user turns places images."""
     messages = normalize_messages(messages)

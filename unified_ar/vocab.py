@@ -6,12 +6,18 @@ Layout of the LLM's id space (``V`` = ``len(tokenizer)`` after the specials are 
     [V, V + K)            image codes 0..K-1 (``code_offset = V``)
     [V + K, padded)       unused rows so that the embedding matrix is a multiple of 64
 
+An HF checkpoint may have more embedding rows than its tokenizer has tokens (Qwen2.5: 151,936
+rows for 151,665 tokens; the spare rows were never trained). The layout does not keep them
+apart: the added specials and the codes take ids from ``len(tokenizer)`` on, over the spare
+rows, and :func:`resize_llm_vocab` starts every row from the first added id on (spare rows
+included) at the mean of the trained rows.
+
 Every special id is read from the tokenizer; none is hard-coded, because
 tokenizers differ (Janus 1B and 7B do not even share a pad id).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -55,12 +61,17 @@ class VocabLayout:
     pad_id: int
     eos_id: int
     bos_id: int | None
+    # len(tokenizer) before the image specials were added: rows from here on are new to the LLM
+    base_vocab_size: int | None = None
+    # rows of an LLM that came with more spare rows than the merged vocabulary needs (kept, unused)
+    embedding_rows: int | None = None
 
     @classmethod
     def from_tokenizer(cls, tokenizer, codebook_size: int) -> "VocabLayout":
         """Add missing specials to ``tokenizer`` (in place) and lay the codes out after its vocabulary."""
         if codebook_size <= 0:
             raise ValueError(f"codebook_size must be positive, got {codebook_size}")
+        base = len(tokenizer)
         ensure_special_tokens(tokenizer)
         if tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer {type(tokenizer).__name__} has no eos token; generation needs one to stop")
@@ -74,6 +85,7 @@ class VocabLayout:
             pad_id=tokenizer.pad_token_id,
             eos_id=tokenizer.eos_token_id,
             bos_id=tokenizer.bos_token_id,
+            base_vocab_size=base,
         )
 
     @classmethod
@@ -94,8 +106,8 @@ class VocabLayout:
 
     @property
     def padded_vocab_size(self) -> int:
-        """Rows of the LLM embedding and output head (a multiple of 64)."""
-        return round_up(self.vocab_size)
+        """Rows of the LLM embedding and output head (a multiple of 64, or the LLM's own larger count)."""
+        return max(round_up(self.vocab_size), self.embedding_rows or 0)
 
     def codes_to_ids(self, codes: torch.Tensor) -> torch.Tensor:
         """Image codes (any shape, values in [0, K)) -> LLM ids (same shape)."""
@@ -122,23 +134,32 @@ class VocabLayout:
         return self.code_offset, self.vocab_size
 
 
-def resize_llm_vocab(llm, layout: VocabLayout) -> None:
+def resize_llm_vocab(llm, layout: VocabLayout) -> VocabLayout:
     """Resize the LLM's input embeddings and output head to ``layout.padded_vocab_size``.
 
-    New rows start at the mean of the old rows (in input and output matrices):
-    a new token then looks like an "average" token instead of a random outlier,
-    so the first steps do not spike the loss. Works for tied and untied heads.
+    Rows from the first id the tokenizer did not have on (``layout.base_vocab_size``: the image
+    specials, the codes, the checkpoint's untrained spare rows they land on, the padding) start
+    at the mean of the trained rows below it, in input and output matrices: a new token then
+    looks like an "average" token instead of a random or zero outlier, so the first steps do not
+    spike the loss. Works for tied and untied heads. A matrix already of the padded size (a
+    saved unified model being rebuilt) is left alone. An LLM with more rows than the merged
+    vocabulary needs keeps them all (unused). Returns the layout with the LLM's row count.
     """
     old = llm.get_input_embeddings().weight.shape[0]
     new = layout.padded_vocab_size
     if new < layout.vocab_size:
         raise AssertionError("padded vocab smaller than the used vocab")
-    if old == new:
-        return
     if old > new:
-        raise ValueError(f"LLM already has {old} embedding rows, more than the merged vocabulary needs ({new})")
-    # mean_resizing=False: transformers would draw from a Gaussian around the mean; we want the mean itself.
-    llm.resize_token_embeddings(new, mean_resizing=False)
+        layout = replace(layout, embedding_rows=old)
+    elif old < new:
+        # mean_resizing=False: transformers would draw from a Gaussian around the mean; we want the mean itself.
+        llm.resize_token_embeddings(new, mean_resizing=False)
+    _mean_init_rows(llm, min(old, layout.base_vocab_size or old))
+    return layout
+
+
+def _mean_init_rows(llm, trained: int) -> None:
+    """Rows ``trained:`` of the input and output matrices (and head bias) := the mean of rows ``:trained``."""
     with torch.no_grad():
         matrices = [llm.get_input_embeddings().weight]
         head = llm.get_output_embeddings()
@@ -147,6 +168,6 @@ def resize_llm_vocab(llm, layout: VocabLayout) -> None:
         for weight in matrices:
             if weight.device.type == "meta":
                 continue
-            weight[old:] = weight[:old].mean(dim=0, keepdim=True)
+            weight[trained:] = weight[:trained].mean(dim=0, keepdim=True)
         if head is not None and getattr(head, "bias", None) is not None and head.bias.device.type != "meta":
-            head.bias[old:] = head.bias[:old].mean()
+            head.bias[trained:] = head.bias[:trained].mean()

@@ -69,15 +69,17 @@ class VQASample:
         return str(self.question_id)
 
     def load_image(self) -> Image.Image | None:
+        """The question's picture as stored (any mode): the model's processor applies the image rule."""
+        from unified_ar.tokenizer.transforms import open_image
+
         if self.image is None:
             return None
         if callable(self.image):
-            return self.image().convert("RGB")
+            return self.image()
         path = Path(self.image)
         if not path.is_file():
             raise FileNotFoundError(f"question {self.question_id}: image {path} not found")
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        return open_image(path)
 
 
 def get_benchmark(name: str):

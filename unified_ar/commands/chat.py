@@ -30,6 +30,7 @@ class ChatSession:
         self.drawings = 0
 
     def attach(self, image) -> None:
+        """Attach a picture (PIL image or file path, under the model's image rule) to the next turn."""
         from unified_ar.sampling import image_to_codes
 
         self.pending = image_to_codes(self.model, image)
@@ -76,12 +77,11 @@ class ChatSession:
             caption = line[len("/draw"):].strip()
             return f"(drew {self.draw(caption)}; ask about it next)" if caption else "usage: /draw <caption>"
         if line.startswith("/image"):
-            from PIL import Image
-
             path = Path(line[len("/image"):].strip())
-            if not path.is_file():
-                return f"no such image: {path}"
-            self.attach(Image.open(path))
+            try:
+                self.attach(path)
+            except (OSError, ValueError) as error:  # missing or unreadable: the conversation goes on
+                return f"cannot attach: {error}"
             return f"(attached {path} to the next turn)"
         if line.startswith("/") or not line:
             return HELP
@@ -89,8 +89,6 @@ class ChatSession:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from PIL import Image
-
     from unified_ar.devices import resolve_device
     from unified_ar.modeling import UnifiedARModel
 
@@ -103,11 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = p.parse_args(argv)
-    model = UnifiedARModel.from_pretrained(args.model, device=resolve_device(args.device))
-    session = ChatSession(model, Path(args.out), args.seed,
-                          args.guidance_scale, args.max_new_tokens)
-    if args.image:
-        session.attach(Image.open(args.image))
+    try:
+        model = UnifiedARModel.from_pretrained(args.model, device=resolve_device(args.device))
+        session = ChatSession(model, Path(args.out), args.seed, args.guidance_scale, args.max_new_tokens)
+        if args.image:
+            session.attach(Path(args.image))
+    except (OSError, ValueError) as error:  # a missing / broken model folder or image
+        print(f"unified-ar chat: {error}", file=sys.stderr)
+        return 2
     print(HELP)
     for line in sys.stdin:
         reply = session.handle(line)

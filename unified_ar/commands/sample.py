@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import get_args
@@ -80,9 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     from unified_ar.sampling import ImageSamplingConfig, generate_images
 
     args = build_parser().parse_args(argv)
-    prompts = read_prompts(args.prompts)
     overrides = {"attn_implementation": args.attn} if args.attn else {}
-    model = UnifiedARModel.from_pretrained(args.model, device=resolve_device(args.device), **overrides)
+    try:
+        prompts = read_prompts(args.prompts)
+        model = UnifiedARModel.from_pretrained(args.model, device=resolve_device(args.device), **overrides)
+    except (OSError, ValueError) as error:  # a missing / malformed prompts file or model folder
+        print(f"unified-ar sample: {error}", file=sys.stderr)
+        return 2
     cfg = ImageSamplingConfig(
         guidance_scale=None if args.no_cfg else args.guidance_scale, guidance_schedule=args.guidance_schedule,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_batch=args.max_batch,
