@@ -106,3 +106,38 @@ def test_machine_names_the_cpu_model(tmp_path):
     assert cpu_model(cpuinfo) == "AMD EPYC 9R14"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: \n")  # an empty name is not a name
     assert cpu_model(cpuinfo) != ""
+
+
+@pytest.mark.slow
+def test_demo_export_copied_elsewhere_samples_and_answers(fast_demo, tmp_path):
+    """The export is self-contained: copied to a new folder, with the demo's VQ and TokLIP folders
+    (which training read) moved away, it draws and answers with the same outputs as in place."""
+    import shutil
+
+    import torch
+
+    from unified_ar import UnifiedARModel
+    from unified_ar.sampling import ImageSamplingConfig, answer_questions, generate_images
+
+    export = fast_demo / "runs" / "toklip" / "unified" / "export"
+    record = json.loads((fast_demo / "world" / "conversations_train.json").read_text())[0]
+    photo = fast_demo / "world" / record["image"]
+    cfg = ImageSamplingConfig(guidance_scale=1.5)
+
+    def outputs(folder):
+        model = UnifiedARModel.from_pretrained(folder)
+        drawn = generate_images(model, ["a large red circle"], seeds=[0], cfg=cfg).codes[0]
+        answer = answer_questions(model, [photo], ["What color is the circle?"])[0]
+        return drawn, answer
+
+    here = outputs(export)
+    shutil.copytree(export, tmp_path / "moved")
+    parts = [fast_demo / "vq", fast_demo / "toklip"]
+    for part in parts:
+        part.rename(part.with_name(part.name + "_away"))
+    try:
+        there = outputs(tmp_path / "moved")
+    finally:
+        for part in parts:
+            part.with_name(part.name + "_away").rename(part)
+    assert torch.equal(here[0], there[0]) and here[1] == there[1]

@@ -24,6 +24,7 @@ VISUAL = ("projector", "gen_projector", "image_pos_embed")
 
 def _model(tmp_path, name):
     model = tiny_model(tmp_path, **CONFIGS[name], **{"toklip.overrides": TOKLIP})
+    model.uniform_modules = True  # as on a rank of a multi-rank run (this process has no process group)
     for part in VISUAL:
         if getattr(model, part) is not None:  # zero-initialised layers would hide a wrong gradient
             randomize_(getattr(model, part), seed=3)
@@ -105,3 +106,14 @@ def test_micro_batch_without_targets_still_runs_a_backward(tmp_path):
     assert out.loss.item() == 0.0 and out.loss.requires_grad
     out.loss.backward()
     assert not model.projector.net[0].weight.grad.any()
+
+
+def test_a_single_rank_runs_only_what_its_micro_batch_needs(tmp_path):
+    """Without a process group of several ranks no dummy runs: a parameter without work keeps no
+    gradient, so a plain optimizer leaves it alone (a zero gradient would move it by its momentum)."""
+    model = tiny_model(tmp_path, **CONFIGS["toklip+semantic+pos"], **{"toklip.overrides": TOKLIP}).train()
+    assert model.uniform_modules is None and not model.runs_uniform_modules()
+    batch = _batches(model)["text"]
+    assert not any(name.startswith(VISUAL) for name in _modules_run(model, batch))
+    model(batch).loss.backward()
+    assert all(p.grad is None for p in model.projector.parameters())

@@ -79,15 +79,17 @@ def _mixed_run(world, world_codes, run_dir, nproc, pack, **train):
 
 @pytest.fixture(scope="module")
 def one_rank_weights(shapes_world, world_codes, tmp_path_factory):
-    """pack -> weights of one rank accumulating 2 micro-batches a step: global micro-batches 2s, 2s+1,
-    what ranks 0 and 1 take at step s."""
+    """(pack, ZeRO stage) -> weights of one rank accumulating 2 micro-batches a step: global
+    micro-batches 2s, 2s+1, what ranks 0 and 1 take at step s. At the same ZeRO stage, so that a
+    parameter no micro-batch of a step used is stepped (zero-filled gradient) in both runs."""
     cache = {}
 
-    def weights(pack):
-        if pack not in cache:
+    def weights(pack, stage):
+        if (pack, stage) not in cache:
             run_dir = tmp_path_factory.mktemp("one_rank") / "run"
-            cache[pack] = _mixed_run(shapes_world, world_codes, run_dir, 1, pack, grad_accum_steps=2)
-        return cache[pack]
+            cache[pack, stage] = _mixed_run(shapes_world, world_codes, run_dir, 1, pack, grad_accum_steps=2,
+                                            zero_stage=stage)
+        return cache[pack, stage]
 
     return weights
 
@@ -103,7 +105,7 @@ def test_two_ranks_with_different_kinds_of_micro_batch_stay_in_step(shapes_world
     size ... collective mismatch") or hung, and ZeRO-2 reduced gradients of different parameters
     together, silently."""
     two = _mixed_run(shapes_world, world_codes, tmp_path / "run", 2, pack, zero_stage=stage)
-    one = one_rank_weights(pack)
+    one = one_rank_weights(pack, stage)
     assert two.keys() == one.keys()
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)

@@ -384,6 +384,10 @@ def build_engine(model: nn.Module, config: TrainConfig) -> Engine:
                              "gradient_checkpointing_enable()")
         model.gradient_checkpointing_enable()
     torch.manual_seed(config.seed)
+    if getattr(model, "uniform_modules", False) is None:
+        # several ranks must run the same modules; under ZeRO >= 1 DeepSpeed's optimizer steps every
+        # parameter's (flat, zero-filled) gradient anyway, so the dummy passes change nothing there
+        model.uniform_modules = world_size > 1 or config.zero_stage >= 1
     trainable = select_trainable(model, config)
     ds_config = deepspeed_config(config)
     schedule = cosine_schedule(config)

@@ -123,9 +123,18 @@ def _build_toklip(part: PartConfig, device, vq: nn.Module) -> nn.Module:
                              "set toklip.overrides.vq_cfg to match vq")
         with torch.device(device):
             return tk.TokLIP(cfg, vq=vq)
+    # Loaded whole (with its own VQ copy, briefly), then checked and pointed at the model's VQ: so
+    # the random stream the freshly initialised parts draw from after it (projectors, position
+    # embeddings) is what it was before TokLIP shared the VQ, and a seed trains what it trained.
     if path.is_dir():
-        return tk.TokLIP.from_pretrained(path, vq=vq, **part.overrides)
-    return tk.TokLIP.from_official_checkpoint(path, part.preset, vq=vq, **part.overrides)
+        toklip = tk.TokLIP.from_pretrained(path, **part.overrides)
+    else:
+        toklip = tk.TokLIP.from_official_checkpoint(path, part.preset, **part.overrides)
+    tk.check_same_vq({tk.VQ_PREFIX + k: v for k, v in toklip.vq.state_dict().items()}, vq, str(path))
+    if toklip.config.vq_cfg != vq.config:
+        raise ValueError(f"toklip {path}: its vq_cfg {toklip.config.vq_cfg} differs from the model's VQ {vq.config}")
+    toklip.visual.trunk.vq = vq
+    return toklip
 
 
 def _runs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +209,8 @@ class UnifiedARModel(nn.Module):
             if part is not None and not cfg.trainable:
                 part.requires_grad_(False)
                 part.eval()
+        # None: dummy passes on multi-rank training forwards only (embed); True / False forces them
+        self.uniform_modules: bool | None = None
         if torch.device(device).type != "meta":
             self.refresh_vq_identity()
 
@@ -295,10 +306,16 @@ class UnifiedARModel(nn.Module):
         they were (the dummy's gradients are zeros). Under ZeRO-3 each module's forward
         all-gathers its parameters and its backward reduces their gradients, so ranks whose
         micro-batches differ (captions on one, conversations on the other) must still run the
-        same modules, or gloo fails with a collective mismatch (or hangs). Inference (eval mode
-        under ``no_grad`` / ``inference_mode``: sampling, evaluation) skips the dummies; a
-        multi-rank ZeRO-3 forward must run in train mode or with grad enabled."""
-        uniform = self.training or torch.is_grad_enabled()
+        same modules, or gloo fails with a collective mismatch (or hangs); data-parallel ranks
+        (ZeRO-0/1/2) must reduce the gradients of the same parameters. The dummies run when
+        :meth:`runs_uniform_modules` says so: ``uniform_modules`` (the training engine sets it
+        for several ranks or ZeRO >= 1), else a training forward with more than one rank. A
+        single ZeRO-0 rank runs only what its micro-batch needs, as it always did: a parameter
+        without work keeps no gradient, so a plain optimizer does not step it (a zero gradient
+        would move it by its momentum). Inference (eval mode under
+        ``no_grad`` / ``inference_mode``: sampling, evaluation) skips the dummies; a multi-rank
+        ZeRO-3 forward must run in train mode or with grad enabled."""
+        uniform = self.runs_uniform_modules()
         embeds = self.llm.get_input_embeddings()(input_ids)
         slots = input_ids == self.layout.image_placeholder_id
         _, lengths = _runs(slots)
@@ -323,16 +340,27 @@ class UnifiedARModel(nn.Module):
             feats = self.toklip.encode_codes(dummy_codes.view(1, *self.grid))[0]
             embeds = embeds + 0 * self._project_gen(feats).sum().to(embeds.dtype)
         if self.image_pos_embed is not None:
-            # one call for shown and generated images (slots first), so the module runs once
-            index = torch.cat([self._grid_index(slots), self._grid_index(image)])
-            if len(index):
-                extra = self.image_pos_embed(index).to(embeds.dtype)
-                shown = int(slots.sum())
-                for mask, part in ((slots, extra[:shown]), (image, extra[shown:])):
-                    embeds = embeds.masked_scatter(mask[..., None], embeds[mask] + part)
-            elif uniform:
-                embeds = embeds + 0 * self.image_pos_embed(index.new_zeros(1)).sum().to(embeds.dtype)
+            # shown images, then generated ones: with uniform modules always two calls (a dummy
+            # grid index 0 for a kind the micro-batch lacks), so every rank calls it as often
+            for mask in (slots, image):
+                if bool(mask.any()):
+                    extra = self.image_pos_embed(self._grid_index(mask)).to(embeds.dtype)
+                    embeds = embeds.masked_scatter(mask[..., None], embeds[mask] + extra)
+                elif uniform:
+                    dummy = self.image_pos_embed(input_ids.new_zeros(1))
+                    embeds = embeds + 0 * dummy.sum().to(embeds.dtype)
         return embeds
+
+    def runs_uniform_modules(self) -> bool:
+        """Whether :meth:`embed` runs every visual module on this forward (see there):
+        ``uniform_modules`` if set, else a training forward in a process group of several ranks."""
+        if not (self.training or torch.is_grad_enabled()):
+            return False
+        if self.uniform_modules is not None:
+            return self.uniform_modules
+        import torch.distributed as dist
+
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
     def _grid_index(self, mask: torch.Tensor) -> torch.Tensor:
         """For each True of ``mask`` [B,L] (row-major), its index within its run: the grid index."""
