@@ -27,7 +27,7 @@ from unified_ar.config import to_dict
 from unified_ar.tokenizer.attention import attention, check_backend
 from unified_ar.tokenizer.losses import distillation_loss, siglip_loss
 from unified_ar.tokenizer.vq import (VQ_PRESETS, VQConfig, VQModel, load_strict, read_config_json,
-                                     read_torch_checkpoint, unwrap_state_dict, weights_sha256)
+                                     read_torch_checkpoint, unwrap_state_dict)
 
 
 @dataclass
@@ -465,36 +465,29 @@ class TokLIP(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, teacher: nn.Module | None = None, vq: VQModel | None = None,
-                        **overrides) -> "TokLIP":
-        """Load a ``save_pretrained`` directory (strict); ``overrides`` as in ``toklip_config``.
-        ``vq``: share this VQ module instead of a second copy; the file's VQ must be the same weights."""
+    def from_pretrained(cls, directory: str | Path, teacher: nn.Module | None = None, **overrides) -> "TokLIP":
+        """Load a ``save_pretrained`` directory (strict); ``overrides`` as in ``toklip_config``."""
         directory = Path(directory)
         config = toklip_config(read_config_json(TokLIPConfig, directory / "config.json"), **overrides)
-        state = load_file(directory / "model.safetensors")
-        check_same_vq(state, vq, str(directory))
-        model = cls(config, vq=vq, teacher=teacher)
-        load_strict(model, state, str(directory))
+        model = cls(config, teacher=teacher)
+        load_strict(model, load_file(directory / "model.safetensors"), str(directory))
         if (directory / "tokenizer").is_dir():
             model.tokenizer = load_text_tokenizer(directory / "tokenizer")
         return model.eval()
 
     @classmethod
     def from_official_checkpoint(cls, path: str | Path, preset: str = "TokLIP-S-256", tokenizer=None,
-                                 vq: VQModel | None = None, **overrides) -> "TokLIP":
+                                 **overrides) -> "TokLIP":
         """Load TencentARC's ``TokLIP_S_256.pt`` / ``TokLIP_L_384.pt`` strictly.
 
         Accepts a plain state dict or ``{"state_dict": ...}``, with or without the DDP
         ``module.`` prefix. ``tokenizer``: a tokenizer object or a local directory for
-        ``AutoTokenizer`` (the SigLIP2 Gemma tokenizer), or None. ``vq``: share this VQ module
-        (the unified model's) instead of a second copy; the checkpoint's embedded LlamaGen VQ
-        must be the same weights."""
+        ``AutoTokenizer`` (the SigLIP2 Gemma tokenizer), or None."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: TokLIP checkpoint not found")
         state = convert_official_state_dict(unwrap_state_dict(read_torch_checkpoint(path), path, keys=("state_dict",)))
-        check_same_vq(state, vq, str(path))
-        model = cls(toklip_config(preset, **overrides), vq=vq)
+        model = cls(toklip_config(preset, **overrides))
         load_strict(model, state, str(path))
         if tokenizer is not None:
             model.tokenizer = load_text_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
@@ -504,18 +497,12 @@ class TokLIP(nn.Module):
 VQ_PREFIX = "visual.trunk.vq."
 
 
-def check_same_vq(state: dict[str, torch.Tensor], vq: VQModel | None, source: str) -> None:
-    """With a shared ``vq``, the TokLIP weights' embedded VQ (``visual.trunk.vq.*``) must be that VQ:
+def check_same_vq(toklip: "TokLIP", vq: VQModel, source: str) -> None:
+    """TokLIP's embedded VQ (``visual.trunk.vq.*``) must be ``vq``, the same weights and config:
     TokLIP's features are only meaningful for the codes of the VQ it was trained on."""
-    if vq is None:
-        return
-    names = [name for name, _ in vq.named_parameters()]
-    missing = [n for n in names if VQ_PREFIX + n not in state]
-    if missing:
-        raise ValueError(f"{source}: no embedded VQ weights to check against the model's VQ "
-                         f"(missing {VQ_PREFIX}{missing[0]} and {len(missing) - 1} more)")
-    theirs = weights_sha256({n: state[VQ_PREFIX + n] for n in names})
-    ours = vq.weights_sha256()
+    if toklip.config.vq_cfg != vq.config:
+        raise ValueError(f"{source}: TokLIP's vq_cfg {toklip.config.vq_cfg} differs from the model's VQ {vq.config}")
+    theirs, ours = toklip.vq.weights_sha256(), vq.weights_sha256()
     if theirs != ours:
         raise ValueError(f"{source}: TokLIP's embedded VQ (sha256 {theirs[:12]}) is not the model's VQ "
                          f"(sha256 {ours[:12]}); give the VQ checkpoint TokLIP was trained with")

@@ -130,9 +130,7 @@ def _build_toklip(part: PartConfig, device, vq: nn.Module) -> nn.Module:
         toklip = tk.TokLIP.from_pretrained(path, **part.overrides)
     else:
         toklip = tk.TokLIP.from_official_checkpoint(path, part.preset, **part.overrides)
-    tk.check_same_vq({tk.VQ_PREFIX + k: v for k, v in toklip.vq.state_dict().items()}, vq, str(path))
-    if toklip.config.vq_cfg != vq.config:
-        raise ValueError(f"toklip {path}: its vq_cfg {toklip.config.vq_cfg} differs from the model's VQ {vq.config}")
+    tk.check_same_vq(toklip, vq, str(path))
     toklip.visual.trunk.vq = vq
     return toklip
 
@@ -211,7 +209,8 @@ class UnifiedARModel(nn.Module):
                 part.eval()
         # None: dummy passes on multi-rank training forwards only (embed); True / False forces them
         self.uniform_modules: bool | None = None
-        if torch.device(device).type != "meta":
+        # a VQ built from a folder's record is random until from_pretrained loads it (and hashes it then)
+        if torch.device(device).type != "meta" and config.vq.config is None:
             self.refresh_vq_identity()
 
     def refresh_vq_identity(self) -> str:
@@ -492,7 +491,7 @@ class UnifiedARModel(nn.Module):
         config = replace(config, llm=replace(config.llm, **llm_overrides))
         processor = UnifiedARProcessor.from_pretrained(directory)
         model = cls(config, processor.tokenizer, device=device)
-        model.to(device)  # path-referenced VQ / TokLIP load on the CPU
+        model.to(device)
         for name, module in model.named_children():
             model._load_part(name, module, directory / f"{name}.safetensors", device)
         model.refresh_vq_identity()

@@ -133,8 +133,8 @@ class UnifiedARProcessor:
         return directory
 
     @staticmethod
-    def read_image_spec(directory: str | Path) -> ImageSpec:
-        """The :class:`ImageSpec` saved in ``directory`` (a model folder or a codes folder)."""
+    def _read_config(directory: str | Path) -> tuple[dict, ImageSpec]:
+        """``processor_config.json`` of ``directory`` (a model folder or a codes folder) and its spec."""
         path = Path(directory) / PROCESSOR_CONFIG
         if not path.is_file():
             raise ProcessorMismatch(f"{path}: not found (a folder written by an older version, or not a "
@@ -143,14 +143,18 @@ class UnifiedARProcessor:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise ProcessorMismatch(f"{path}: invalid JSON: {error}") from None
-        return ImageSpec.from_json(data, str(path))
+        return data, ImageSpec.from_json(data, str(path))
+
+    @classmethod
+    def read_image_spec(cls, directory: str | Path) -> ImageSpec:
+        """The :class:`ImageSpec` saved in ``directory`` (a model folder or a codes folder)."""
+        return cls._read_config(directory)[1]
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "UnifiedARProcessor":
         """Load a :meth:`save_pretrained` directory (no network)."""
         directory = Path(directory)
-        spec = cls.read_image_spec(directory)
-        data = json.loads((directory / PROCESSOR_CONFIG).read_text())
+        data, spec = cls._read_config(directory)
         tokenizer = None
         if data.get("has_tokenizer", False):
             from transformers import AutoTokenizer

@@ -141,9 +141,10 @@ def resize_llm_vocab(llm, layout: VocabLayout) -> VocabLayout:
     specials, the codes, the checkpoint's untrained spare rows they land on, the padding) start
     at the mean of the trained rows below it, in input and output matrices: a new token then
     looks like an "average" token instead of a random or zero outlier, so the first steps do not
-    spike the loss. Works for tied and untied heads. A matrix already of the padded size (a
-    saved unified model being rebuilt) is left alone. An LLM with more rows than the merged
-    vocabulary needs keeps them all (unused). Returns the layout with the LLM's row count.
+    spike the loss. Works for tied and untied heads. A matrix already of the padded size is not
+    resized (a saved unified model being rebuilt: its weights are loaded over the rows next). An
+    LLM with more rows than the merged vocabulary needs keeps them all (unused). Returns the
+    layout with the LLM's row count.
     """
     old = llm.get_input_embeddings().weight.shape[0]
     new = layout.padded_vocab_size
