@@ -218,8 +218,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(config.train.seed)  # same initial weights on every rank, and run to run
     model = build_model(config, written)
-    if config.init_from is not None:  # the run's config.yaml shows (and checks) the model it trains
-        config = replace(config, model=model.config)
+    if config.init_from is not None:
+        # the run's config.yaml shows (and checks) the model's shape and loss weights it trains with;
+        # the parts (llm, vq, toklip, tokenizer) stay as written, so a rerun with init_from null
+        # builds that shape from the same sources
+        effective = {name: getattr(model.config, name) for name in INIT_MUST_AGREE + STAGE_MODEL_FIELDS}
+        config = replace(config, model=replace(config.model, **effective))
         check_stage(config, args.config)
     data = build_data(config, model)
     try:
