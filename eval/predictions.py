@@ -84,22 +84,38 @@ def _pairs_from_list(rows: list, path: Path) -> Iterable[tuple[str, str]]:
         yield str(qid), str(answer)
 
 
+def read_prediction_rows(path: str | Path) -> list[dict] | dict:
+    """The parsed content of a predictions file: a JSON list or mapping, or JSONL lines (a list).
+
+    Errors name the file and, for JSONL, the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: predictions file not found")
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: invalid JSON line ({e})") from None
+        return rows
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None
+
+
 def read_predictions(path: str | Path) -> dict[str, str]:
     """Predictions in any official results format, keyed by ``str(question_id)``.
 
     Accepted: VQAv2/EvalAI ``[{"question_id", "answer"}]``, GQA
     ``[{"questionId", "prediction"}]``, VizWiz ``[{"image", "answer"}]``, a JSON
-    mapping id -> answer, or JSONL lines (ours / LLaVA's ``{"question_id", "text"}``)."""
+    mapping id -> answer, or JSONL lines (ours / LLaVA's ``{"question_id", "text"}``).
+    A benchmark whose users hold files this cannot key (LLaVA's answer files with
+    shared or running ids) defines its own ``read_answers`` (see :func:`read_benchmark_predictions`)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: predictions file not found")
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    else:
-        try:
-            rows = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON ({e})") from None
+    rows = read_prediction_rows(path)
     pairs = [(str(k), str(v)) for k, v in rows.items()] if isinstance(rows, dict) else list(_pairs_from_list(rows, path))
     out: dict[str, str] = {}
     for key, answer in pairs:
@@ -107,3 +123,12 @@ def read_predictions(path: str | Path) -> dict[str, str]:
             raise ValueError(f"{path}: question {key} has two different answers")
         out[key] = answer
     return out
+
+
+def read_benchmark_predictions(module, path: str | Path, data_dir: str | Path, options) -> dict[str, str]:
+    """A predictions file keyed as benchmark ``module`` keys its questions.
+
+    A benchmark module may define ``read_answers(path, data_dir, options) -> dict[str, str]``
+    for the files its users already have; otherwise :func:`read_predictions` reads it."""
+    reader = getattr(module, "read_answers", None)
+    return reader(Path(path), data_dir, options) if reader is not None else read_predictions(path)

@@ -23,7 +23,9 @@ from typing import Callable, Sequence
 
 from unified_ar.devices import DEVICE_HELP
 from unified_ar.eval.benchmarks.base import BENCHMARKS, BenchmarkOptions, VQASample, get_benchmark
-from unified_ar.eval.predictions import append_records, merge_shards, read_predictions, repair_tail, shard_path
+from unified_ar.eval.predictions import (
+    append_records, merge_shards, read_benchmark_predictions, repair_tail, shard_path,
+)
 from unified_ar.eval.vqa_accuracy import ANSWER_PROCESSING
 
 AnswerFn = Callable[[list[VQASample]], list[str]]
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     options = _options(args)
     if args.predictions is not None:
-        predictions = read_predictions(args.predictions)
+        predictions = read_benchmark_predictions(get_benchmark(args.benchmark), args.predictions, args.data, options)
         if args.submission:
             _write_submission(args, predictions, options)
             return 0
