@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,6 +28,7 @@ from unified_ar.eval.predictions import (
     append_records, merge_shards, read_benchmark_predictions, repair_tail, shard_path,
 )
 from unified_ar.eval.vqa_accuracy import ANSWER_PROCESSING
+from unified_ar.generation_config import MODEL_DEFAULT, GenerationConfig, PromptFormat, flags_given
 
 AnswerFn = Callable[[list[VQASample]], list[str]]
 
@@ -138,23 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-dir", default=None, help="images folder, if not the usual place under --data")
     p.add_argument("--answer-processing", default="llava", choices=ANSWER_PROCESSING)
     p.add_argument("--no-circular", action="store_true", help="MMBench: ask each question once")
-    p.add_argument("--short-answer-suffix", default=None)
-    p.add_argument("--multiple-choice-suffix", default=None)
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--short-answer-suffix", default=None,
+                   help=f"text after short-answer questions ('' for none; {MODEL_DEFAULT})")
+    p.add_argument("--multiple-choice-suffix", default=None,
+                   help=f"text after multiple-choice questions ('' for none; {MODEL_DEFAULT})")
+    p.add_argument("--max-new-tokens", type=int, default=None, help=f"answer length ({MODEL_DEFAULT})")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--submission", default=None,
                    help="vqav2/vizwiz: also write the EvalAI upload file here (test splits)")
     return p
 
 
-def _options(args: argparse.Namespace) -> BenchmarkOptions:
-    opts = BenchmarkOptions(split=args.split, image_dir=args.image_dir, answer_processing=args.answer_processing,
-                            circular=not args.no_circular)
-    if args.short_answer_suffix is not None:
-        opts.short_answer_suffix = args.short_answer_suffix
-    if args.multiple_choice_suffix is not None:
-        opts.multiple_choice_suffix = args.multiple_choice_suffix
-    return opts
+def _options(args: argparse.Namespace, prompts: PromptFormat) -> BenchmarkOptions:
+    """The benchmark options: the model's prompt format (``prompts``), then the flags given."""
+    return BenchmarkOptions(split=args.split, image_dir=args.image_dir, answer_processing=args.answer_processing,
+                            circular=not args.no_circular,
+                            **{**asdict(prompts), **flags_given(short_answer_suffix=args.short_answer_suffix,
+                                                                multiple_choice_suffix=args.multiple_choice_suffix)})
 
 
 def _write_submission(args: argparse.Namespace, predictions: dict[str, str], options: BenchmarkOptions) -> None:
@@ -183,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    options = _options(args)
+    # the prompt format the model was trained with (its generation_config.json); scoring needs none
+    generation = GenerationConfig.load(args.model) if args.model is not None else GenerationConfig()
+    options = _options(args, generation.prompts)
     if args.predictions is not None:
         predictions = read_benchmark_predictions(get_benchmark(args.benchmark), args.predictions, args.data, options)
         if args.submission:
@@ -197,7 +201,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from unified_ar.eval.model_adapter import load_answer_fn
 
-    answer_fn = load_answer_fn(args.model, max_new_tokens=args.max_new_tokens, device=args.device)
+    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else generation.text.answer_max_new_tokens
+    answer_fn = load_answer_fn(args.model, max_new_tokens=max_new_tokens, device=args.device)
     out = Path(args.out or Path("eval_out") / args.benchmark)
     if args.submission:
         samples = get_benchmark(args.benchmark).load(args.data, options)[: args.limit]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from unified_ar.config import ConfigError, load_config
+from unified_ar.generation_config import GenerationConfig
 from unified_ar.modeling import UnifiedConfig
 from unified_ar.train.collate import CollateConfig
 from unified_ar.train.config import TrainConfig
@@ -53,6 +54,9 @@ class StageConfig:
     data: DataConfig = field(default_factory=DataConfig)
     collate: CollateConfig = field(default_factory=CollateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # the prompt format the stage's data uses and the sampling defaults: the export's
+    # generation_config.json (read by eval-vqa, eval-t2i, sample and chat)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
 def check_stage(config: StageConfig, source: str) -> None:
@@ -87,19 +91,23 @@ STAGE_MODEL_FIELDS = ("text_loss_weight", "image_loss_weight")
 INIT_LLM_SETTINGS = ("attn_implementation", "gradient_checkpointing")
 
 
-def build_model(config: StageConfig, written: dict | None = None):
+def build_model(config: StageConfig, written: dict | None = None, written_generation: dict | None = None):
     """The unified model: ``init_from`` (a saved directory) or a fresh one from ``config.model``.
 
     ``written``: the ``model`` section as the user wrote it (YAML + ``--model.*`` overrides, a nested
     dict); None counts every field of ``config.model`` as written (a config built in code). With
     ``init_from``, a written :data:`INIT_MUST_AGREE` key that differs from the saved model's is an
     error, not silently dropped; a written :data:`STAGE_MODEL_FIELDS` key replaces the saved value;
-    an unwritten key keeps the saved model's (a stage config need not restate the model)."""
+    an unwritten key keeps the saved model's (a stage config need not restate the model).
+    The ``generation`` section works the same way: ``written_generation`` (the keys the user wrote)
+    replace the saved model's; None counts all of ``config.generation`` as written."""
     from unified_ar.config import from_dict, merge, to_dict
     from unified_ar.modeling import UnifiedARModel
 
     if config.init_from is None:
-        return UnifiedARModel.from_config(config.model)
+        model = UnifiedARModel.from_config(config.model)
+        model.generation_config = config.generation
+        return model
     written = to_dict(config.model) if written is None else written
     llm_written = written.get("llm") if isinstance(written.get("llm"), dict) else {}
     llm_settings = {k: getattr(config.model.llm, k) for k in INIT_LLM_SETTINGS if k in llm_written}
@@ -117,6 +125,8 @@ def build_model(config: StageConfig, written: dict | None = None):
                           + "; ".join(differ) + ". Train from scratch (init_from: null) or drop the change.")
     model.config = replace(model.config, **{name: getattr(stage, name) for name in STAGE_MODEL_FIELDS
                                             if name in stated})
+    model.generation_config = (config.generation if written_generation is None else
+                               model.generation_config.updated(written_generation, "generation"))
     return model
 
 
@@ -210,20 +220,21 @@ def main(argv: list[str] | None = None) -> int:
     from unified_ar.config import merge, parse_overrides, read_yaml
 
     # the keys the user wrote (the dataclass cannot tell a written default from an unwritten one)
-    written = merge(read_yaml(args.config), parse_overrides(overrides)).get("model") or {}
+    written_config = merge(read_yaml(args.config), parse_overrides(overrides))
+    written = written_config.get("model") or {}
     from unified_ar.train.data.bad import BadDataError
     from unified_ar.train.loop import TrainingStopped, train
 
     import torch
 
     torch.manual_seed(config.train.seed)  # same initial weights on every rank, and run to run
-    model = build_model(config, written)
+    model = build_model(config, written, written_config.get("generation") or {})
     if config.init_from is not None:
-        # the run's config.yaml shows (and checks) the model's shape and loss weights it trains with;
-        # the parts (llm, vq, toklip, tokenizer) stay as written, so a rerun with init_from null
-        # builds that shape from the same sources
+        # the run's config.yaml shows (and checks) the model's shape, loss weights and generation
+        # settings it trains with; the parts (llm, vq, toklip, tokenizer) stay as written, so a rerun
+        # with init_from null builds that shape from the same sources
         effective = {name: getattr(model.config, name) for name in INIT_MUST_AGREE + STAGE_MODEL_FIELDS}
-        config = replace(config, model=replace(config.model, **effective))
+        config = replace(config, model=replace(config.model, **effective), generation=model.generation_config)
         check_stage(config, args.config)
     data = build_data(config, model)
     try:

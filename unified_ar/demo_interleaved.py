@@ -33,7 +33,7 @@ def stage_interleaved(config: DemoConfig, out: Path, variant: str) -> dict:
     model = UnifiedARModel.from_pretrained(run / "unified" / "export").eval()
     prompts = read_prompts(out / "world" / "t2i_prompts_val.jsonl")[: config.interleaved_prompts]
     samples = generate_images(model, [p["prompt"] for p in prompts], seeds=[config.seed + p["index"] for p in prompts],
-                              cfg=ImageSamplingConfig(guidance_scale=config.cfg_scale))
+                              cfg=ImageSamplingConfig.for_model(model))  # the export's guidance
     rng = np.random.default_rng(config.seed)
     asked, codes, expected, records = [], [], [], []
     for p, image, image_codes in zip(prompts, samples.images, samples.codes):

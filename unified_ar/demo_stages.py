@@ -120,7 +120,8 @@ def stage_train(config: DemoConfig, out: Path, variant: str, stage: str) -> dict
     else:
         cfg, extra = config.unified_config, config.unified_overrides
         args = (_stage_args(out, run, "unified", variant, run / "align" / "export")
-                + _sources(world, config.conversation_weight, captions=True))
+                + _sources(world, config.conversation_weight, captions=True)
+                + ["--generation.image.guidance_scale", str(config.cfg_scale)])  # the export's default
     command(["train", "--config", str(packaged_config(cfg)), *args, *extra])
     return _train_summary(run / stage, out)
 
@@ -133,7 +134,7 @@ def stage_eval_vqa(config: DemoConfig, out: Path, variant: str) -> dict:
     limit = sum(q["image_id"] in keep for q in questions)  # questions are in image order
     command(["eval-vqa", "--benchmark", "vqav2", "--data", str(out / "world"), "--split", "val",
              "--model", str(run / "unified" / "export"), "--out", str(run / "eval_vqa"),
-             "--short-answer-suffix", "", "--batch-size", str(config.eval_batch_size), "--limit", str(limit)])
+             "--batch-size", str(config.eval_batch_size), "--limit", str(limit)])
     metrics = _read_json(run / "eval_vqa" / "metrics.json")
     return {"vqa": {"overall": metrics["overall"] / 100,
                     "by_type": {k: v / 100 for k, v in sorted(metrics["perQuestionType"].items())}}}

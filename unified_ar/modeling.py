@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unified_ar.config import from_dict, to_dict
+from unified_ar.generation_config import GenerationConfig
 from unified_ar.llm import (LLMConfig, LLMStep, build_llm, cache_keyword, check_attention_backend,
                             enable_activation_checkpointing, llm_hidden_size)
 from unified_ar.processor import ImageSpec, UnifiedARProcessor
@@ -168,6 +169,8 @@ class UnifiedARModel(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
+        # how the model is prompted and sampled (generation_config.json in a saved folder)
+        self.generation_config = GenerationConfig()
         self.vq = build_vq(config.vq, device)
         grid = self.vq.grid_size(config.image_size)
         spec = ImageSpec(config.image_size, grid, self.vq.config.codebook_size, vq_sha256=None)
@@ -447,7 +450,8 @@ class UnifiedARModel(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write a self-contained folder: ``unified_config.json``, one safetensors file per part
-        (VQ and TokLIP included), the processor (``processor_config.json`` + the tokenizer)."""
+        (VQ and TokLIP included), the processor (``processor_config.json`` + the tokenizer) and
+        ``generation_config.json`` (prompt format and sampling defaults)."""
         from safetensors.torch import save_file, save_model
 
         directory = Path(directory)
@@ -461,6 +465,7 @@ class UnifiedARModel(nn.Module):
                 save_file(state, str(directory / f"{name}.safetensors"))
         self.refresh_vq_identity()
         self.processor.save_pretrained(directory)
+        self.generation_config.save(directory)
         return directory
 
     def _load_part(self, name: str, module: nn.Module, file: Path, device) -> None:
@@ -490,7 +495,9 @@ class UnifiedARModel(nn.Module):
         config = from_dict(UnifiedConfig, json.loads(path.read_text()), str(path))
         config = replace(config, llm=replace(config.llm, **llm_overrides))
         processor = UnifiedARProcessor.from_pretrained(directory)
+        generation = GenerationConfig.load(directory)
         model = cls(config, processor.tokenizer, device=device)
+        model.generation_config = generation
         model.to(device)
         for name, module in model.named_children():
             model._load_part(name, module, directory / f"{name}.safetensors", device)

@@ -9,7 +9,7 @@ sample one by one, and micro-batching never changes the result.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from unified_ar.generation_config import DEFAULT_GUIDANCE_SCALE
 from unified_ar.kv_cache import preallocated_cache
 from unified_ar.llm import max_context
 from unified_ar.sequences import chat_prompt, generation_prompt
@@ -29,7 +30,7 @@ CacheKind = Literal["preallocated", "static", "dynamic", "none"]
 
 @dataclass
 class ImageSamplingConfig:
-    guidance_scale: float | None = 3.0  # None: no CFG (conditional rows only)
+    guidance_scale: float | None = DEFAULT_GUIDANCE_SCALE  # None: no CFG (conditional rows only)
     guidance_schedule: Literal["constant", "linear", "cosine"] = "constant"
     temperature: float = 1.0  # 0: greedy
     top_k: int = 0  # 0: off
@@ -42,6 +43,11 @@ class ImageSamplingConfig:
     cache: CacheKind = "preallocated"
     decode_images: bool = True
 
+    @classmethod
+    def for_model(cls, model, **settings) -> "ImageSamplingConfig":
+        """The model's image settings (its ``generation_config.json``), then ``settings`` on top."""
+        return cls(**{**asdict(model.generation_config.image), **settings})
+
 
 @dataclass
 class TextSamplingConfig:
@@ -50,6 +56,13 @@ class TextSamplingConfig:
     top_k: int = 0
     top_p: float = 1.0
     cache: CacheKind = "preallocated"
+
+    @classmethod
+    def for_model(cls, model, **settings) -> "TextSamplingConfig":
+        """The model's text settings (its ``generation_config.json``), then ``settings`` on top."""
+        text = asdict(model.generation_config.text)
+        text.pop("answer_max_new_tokens")
+        return cls(**{**text, **settings})
 
 
 @dataclass

@@ -17,13 +17,13 @@ from typing import Any, Callable, Collection, Literal
 
 from PIL import Image
 
+# LLaVA-1.5's prompt texts: the defaults of a model's generation config, their one owner
+from unified_ar.generation_config import MULTIPLE_CHOICE, SHORT_ANSWER, UNANSWERABLE  # noqa: F401
+
 BENCHMARKS: tuple[str, ...] = (
     "vqav2", "gqa", "textvqa", "vizwiz", "pope", "mme", "mmbench", "scienceqa", "seedbench",
 )
 
-SHORT_ANSWER = "Answer the question using a single word or phrase."
-MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
-UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
 OPTION_LETTERS = "ABCDEFGHIJ"
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from unified_ar.devices import DEVICE_HELP
+from unified_ar.generation_config import MODEL_DEFAULT
 
 HELP = "commands: /draw <caption>, /image <path>, /reset, /quit"
 
@@ -18,9 +19,18 @@ HELP = "commands: /draw <caption>, /image <path>, /reset, /quit"
 class ChatSession:
     """Conversation state: messages and the codes of the images they contain, in order."""
 
-    def __init__(self, model, out_dir: Path, seed: int = 0, guidance_scale: float = 3.0, max_new_tokens: int = 64):
+    def __init__(self, model, out_dir: Path, seed: int = 0, **settings):
+        """``settings``: sampling settings over the model's ``generation_config.json``
+        (``guidance_scale`` for drawings; ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``
+        for replies); a None value is not given."""
+        from unified_ar.generation_config import flags_given
+        from unified_ar.sampling import ImageSamplingConfig, TextSamplingConfig
+
         self.model, self.out_dir, self.seed = model, out_dir, seed
-        self.guidance_scale, self.max_new_tokens = guidance_scale, max_new_tokens
+        settings = flags_given(**settings)
+        image = {k: settings.pop(k) for k in ("guidance_scale",) if k in settings}
+        self.image_cfg = ImageSamplingConfig.for_model(model, **image)
+        self.text_cfg = TextSamplingConfig.for_model(model, **settings)
         self.reset()
 
     def reset(self) -> None:
@@ -36,10 +46,9 @@ class ChatSession:
         self.pending = image_to_codes(self.model, image)
 
     def draw(self, caption: str) -> Path:
-        from unified_ar.sampling import ImageSamplingConfig, generate_images
+        from unified_ar.sampling import generate_images
 
-        cfg = ImageSamplingConfig(guidance_scale=self.guidance_scale)
-        sample = generate_images(self.model, [caption], seeds=[self.seed + self.drawings], cfg=cfg)
+        sample = generate_images(self.model, [caption], seeds=[self.seed + self.drawings], cfg=self.image_cfg)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"drawing_{self.drawings:03d}.png"
         sample.images[0].save(path)
@@ -50,7 +59,7 @@ class ChatSession:
     def ask(self, text: str) -> str:
         import torch
 
-        from unified_ar.sampling import TextSamplingConfig, generate_text
+        from unified_ar.sampling import generate_text
         from unified_ar.sequences import chat_prompt
 
         if self.pending is not None:
@@ -60,7 +69,7 @@ class ChatSession:
         self.messages.append({"role": "user", "content": text})
         prompt = chat_prompt(self.model.layout, self.model.tokenizer, self.messages, self.model.num_image_tokens)
         codes = torch.stack(self.images) if self.images else None
-        new = generate_text(self.model, [prompt], codes, TextSamplingConfig(max_new_tokens=self.max_new_tokens))[0]
+        new = generate_text(self.model, [prompt], codes, self.text_cfg, seeds=self.seed + len(self.messages))[0]
         reply = self.model.tokenizer.decode(new, skip_special_tokens=True).strip()
         self.messages.append({"role": "assistant", "content": reply})
         return reply
@@ -97,13 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", default=None, help="a picture for the first turn")
     p.add_argument("--out", default="chat_images", help="where drawings are saved")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance-scale", type=float, default=3.0)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--guidance-scale", type=float, default=None, help=MODEL_DEFAULT)
+    p.add_argument("--max-new-tokens", type=int, default=None, help=MODEL_DEFAULT)
+    p.add_argument("--temperature", type=float, default=None, help=MODEL_DEFAULT + " (0: greedy)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = p.parse_args(argv)
     try:
         model = UnifiedARModel.from_pretrained(args.model, device=resolve_device(args.device))
-        session = ChatSession(model, Path(args.out), args.seed, args.guidance_scale, args.max_new_tokens)
+        session = ChatSession(model, Path(args.out), args.seed, guidance_scale=args.guidance_scale,
+                              max_new_tokens=args.max_new_tokens, temperature=args.temperature)
         if args.image:
             session.attach(Path(args.image))
     except (OSError, ValueError) as error:  # a missing / broken model folder or image

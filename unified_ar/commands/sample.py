@@ -12,6 +12,7 @@ from typing import get_args
 from PIL import Image
 
 from unified_ar.devices import DEVICE_HELP
+from unified_ar.generation_config import MODEL_DEFAULT, flags_given
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -58,12 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help="JSONL with \"prompt\" or plain text lines")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
-    p.add_argument("--guidance-scale", type=float, default=3.0)
+    # sampling flags left out take the model's generation_config.json (MODEL_DEFAULT)
+    p.add_argument("--guidance-scale", type=float, default=None, help=MODEL_DEFAULT)
     p.add_argument("--no-cfg", action="store_true", help="conditional rows only")
-    p.add_argument("--guidance-schedule", choices=["constant", "linear", "cosine"], default="constant")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--guidance-schedule", choices=["constant", "linear", "cosine"], default=None, help=MODEL_DEFAULT)
+    p.add_argument("--temperature", type=float, default=None, help=MODEL_DEFAULT)
+    p.add_argument("--top-k", type=int, default=None, help=MODEL_DEFAULT)
+    p.add_argument("--top-p", type=float, default=None, help=MODEL_DEFAULT)
     p.add_argument("--max-batch", type=int, default=8, help="prompts per forward")
     p.add_argument("--memory-limit-mb", type=float, default=0.0, help="KV-cache budget per micro-batch")
     p.add_argument("--cache", choices=get_args(CacheKind), default="preallocated",
@@ -88,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:  # a missing / malformed prompts file or model folder
         print(f"unified-ar sample: {error}", file=sys.stderr)
         return 2
-    cfg = ImageSamplingConfig(
-        guidance_scale=None if args.no_cfg else args.guidance_scale, guidance_schedule=args.guidance_schedule,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_batch=args.max_batch,
-        memory_limit_mb=args.memory_limit_mb, cache=args.cache,
-    )
+    settings = flags_given(guidance_scale=args.guidance_scale, guidance_schedule=args.guidance_schedule,
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if args.no_cfg:
+        settings["guidance_scale"] = None
+    cfg = ImageSamplingConfig.for_model(model, **settings, max_batch=args.max_batch,
+                                        memory_limit_mb=args.memory_limit_mb, cache=args.cache)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     samples = generate_images(model, prompts, seeds=args.seed, cfg=cfg)
