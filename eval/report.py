@@ -88,8 +88,10 @@ class StageTrain:
 
 @dataclass
 class RunMetrics:
-    vqa: VQAScores | None = None
+    vqa: VQAScores | None = None  # val split
     t2i: T2IScores | None = None
+    vqa_test: VQAScores | None = None  # test split: every scene holds a held-out colour-shape pair
+    t2i_test: T2IScores | None = None
     interleaved: InterleavedScores | None = None
     train: dict[str, StageTrain] = field(default_factory=dict)
 
@@ -124,7 +126,10 @@ class DemoMetrics:
 
 
 _TOP_KEYS = ("command", "config", "machine", "total_seconds", "stage_seconds", "tokenizers", "runs")
-_RUN_SECTIONS = {"vqa": VQAScores, "t2i": T2IScores, "interleaved": InterleavedScores}
+_RUN_SECTIONS = {"vqa": VQAScores, "t2i": T2IScores, "vqa_test": VQAScores, "t2i_test": T2IScores,
+                 "interleaved": InterleavedScores}
+# a run's evaluation sections, as table columns: (suffix of the section key, column label)
+SPLIT_COLUMNS = (("", "val"), ("_test", "held-out pairs"))
 
 
 def _mapping(value: Any, where: str) -> dict:
@@ -218,9 +223,15 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _columns(metrics: DemoMetrics, section: str) -> dict[str, Any]:
+    """``run (split)`` -> the run's ``section`` scores, val then held-out pairs for each run."""
+    return {f"{name} ({label})": getattr(run, section + suffix) for name, run in metrics.runs.items()
+            for suffix, label in SPLIT_COLUMNS if getattr(run, section + suffix) is not None}
+
+
 def vqa_table(metrics: DemoMetrics) -> Table | None:
-    """Rows: question types (ours first, then any others), then overall; a column per run."""
-    runs = {name: run.vqa for name, run in metrics.runs.items() if run.vqa is not None}
+    """Rows: question types (ours first, then any others), then overall; a column per run and split."""
+    runs = _columns(metrics, "vqa")
     if not runs:
         return None
     seen = {t for vqa in runs.values() for t in vqa.by_type}
@@ -231,8 +242,8 @@ def vqa_table(metrics: DemoMetrics) -> Table | None:
 
 
 def shapes_table(metrics: DemoMetrics) -> Table | None:
-    """Rows: ShapesEval attributes, exact scene, the guidance scale; a column per run."""
-    runs = {name: run.t2i for name, run in metrics.runs.items() if run.t2i is not None}
+    """Rows: ShapesEval attributes, exact scene, the guidance scale; a column per run and split."""
+    runs = _columns(metrics, "t2i")
     if not runs:
         return None
     rows = [[a] + [_num(getattr(t2i, a)) for t2i in runs.values()] for a in SHAPES_ATTRIBUTES]

@@ -41,6 +41,27 @@ def test_fast_demo_outputs(fast_demo):
     assert metrics["config"]["conversation_weight"] == 3.0  # fast.yaml, as the default demo
     assert weights == {"conversations": 3.0, "captions": 1.0}
     assert stage["train"]["optimizer"] == "muon"  # configs/train/unified.yaml
+    for split, count in (("", "eval_val_images"), ("_test", "test_images")):  # val and held-out pairs
+        assert set(run[f"vqa{split}"]["by_type"]) >= {"color", "shape"}, split
+        drawn = sorted((fast_demo / "runs" / "toklip" / f"eval_t2i{split}" / "images").glob("*.png"))
+        assert len(drawn) == metrics["config"][count], split
+    assert run["t2i"]["cfg_scale"] == run["t2i_test"]["cfg_scale"] == metrics["config"]["cfg_scale"]
+    report = (fast_demo / "report.html").read_text()
+    assert "toklip (val)" in report and "toklip (held-out pairs)" in report
+
+
+@pytest.mark.slow
+def test_eval_vqa_without_prompt_flags_scores_what_the_demo_reports(fast_demo, tmp_path):
+    """The export's generation_config.json holds the prompt format it was trained with."""
+    from unified_ar.eval.vqa_runner import main as eval_vqa
+
+    metrics = json.loads((fast_demo / "metrics.json").read_text())
+    export = fast_demo / "runs" / "toklip" / "unified" / "export"
+    assert json.loads((export / "generation_config.json").read_text())["prompts"]["short_answer_suffix"] == ""
+    assert eval_vqa(["--benchmark", "vqav2", "--data", str(fast_demo / "world"), "--split", "test",
+                     "--model", str(export), "--out", str(tmp_path / "eval")]) == 0
+    scored = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert scored["overall"] / 100 == metrics["runs"]["toklip"]["vqa_test"]["overall"]
 
 
 @pytest.mark.slow
@@ -91,7 +112,8 @@ def test_ablation_runs_side_by_side(fast_demo):
     assert set(metrics["runs"]) == {"toklip", "vq"}
     saved = json.loads((fast_demo / "runs" / "vq" / "unified" / "export" / "unified_config.json").read_text())
     assert saved["comprehension_features"] == "vq"
-    assert "| question type | toklip | vq |" in markdown_tables(metrics)
+    assert ("| question type | toklip (val) | toklip (held-out pairs) | vq (val) | vq (held-out pairs) |"
+            in markdown_tables(metrics))
     Image.open(fast_demo / "figures" / "grid_vq.png").verify()
 
 

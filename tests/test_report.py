@@ -34,6 +34,10 @@ METRICS = {
                                                    "existence": 0.7349, "position": 0.625, "size": 0.99}},
             "t2i": {"color": 0.96, "shape": 0.955, "size": 0.9, "position": 0.99, "count": 0.985,
                     "exact": 0.78, "cfg_scale": 1.0},
+            "vqa_test": {"overall": 0.5, "by_type": {"color": 0.25, "shape": 0.5, "count": 0.75,
+                                                     "existence": 0.5, "position": 0.5, "size": 0.5}},
+            "t2i_test": {"color": 0.5, "shape": 0.5, "size": 0.75, "position": 1.0, "count": 1.0,
+                         "exact": 0.25, "cfg_scale": 1.0},
             "interleaved": {"agreement": 0.8125, "questions": 48},
             "train": {"align": {"steps": 3, "seconds": 10.5, "final_loss": 2.5,
                                 "metrics_jsonl": "runs/toklip/align/metrics.jsonl"},
@@ -54,27 +58,27 @@ METRICS = {
 EXPECTED_MARKDOWN = """\
 **VQA accuracy by question type**
 
-| question type | toklip | vq |
-|---|---:|---:|
-| color | 0.91 | 0.50 |
-| shape | 0.88 | 0.62 |
-| count | 0.80 | 0.70 |
-| existence | 0.73 | 0.55 |
-| position | 0.62 | 0.50 |
-| size | 0.99 | 0.76 |
-| overall | 0.85 | 0.60 |
+| question type | toklip (val) | toklip (held-out pairs) | vq (val) |
+|---|---:|---:|---:|
+| color | 0.91 | 0.25 | 0.50 |
+| shape | 0.88 | 0.50 | 0.62 |
+| count | 0.80 | 0.75 | 0.70 |
+| existence | 0.73 | 0.50 | 0.55 |
+| position | 0.62 | 0.50 | 0.50 |
+| size | 0.99 | 0.50 | 0.76 |
+| overall | 0.85 | 0.50 | 0.60 |
 
 **ShapesEval of generated images by attribute**
 
-| attribute | toklip | vq |
-|---|---:|---:|
-| color | 0.96 | 0.90 |
-| shape | 0.95 | 0.85 |
-| size | 0.90 | 0.80 |
-| position | 0.99 | 0.95 |
-| count | 0.98 | 0.90 |
-| exact | 0.78 | 0.56 |
-| CFG scale | 1.00 | 3.00 |
+| attribute | toklip (val) | toklip (held-out pairs) | vq (val) |
+|---|---:|---:|---:|
+| color | 0.96 | 0.50 | 0.90 |
+| shape | 0.95 | 0.50 | 0.85 |
+| size | 0.90 | 0.75 | 0.80 |
+| position | 0.99 | 1.00 | 0.95 |
+| count | 0.98 | 1.00 | 0.90 |
+| exact | 0.78 | 0.25 | 0.56 |
+| CFG scale | 1.00 | 1.00 | 3.00 |
 """
 
 
@@ -137,9 +141,10 @@ def test_markdown_tables_exact_text():
 def test_markdown_tables_single_run_without_t2i():
     metrics = copy.deepcopy(METRICS)
     del metrics["runs"]["vq"]
-    del metrics["runs"]["toklip"]["t2i"]
+    for section in ("t2i", "vqa_test", "t2i_test"):
+        del metrics["runs"]["toklip"][section]
     text = markdown_tables(metrics)
-    assert "| question type | toklip |\n|---|---:|\n| color | 0.91 |" in text
+    assert "| question type | toklip (val) |\n|---|---:|\n| color | 0.91 |" in text
     assert "ShapesEval" not in text
 
 

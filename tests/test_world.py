@@ -147,6 +147,9 @@ def test_holdout_respected(tmp_path):
         assert not pairs & set(config.holdout), split
         assert stats[split]["holdout_pairs_seen"] == []
     assert stats["test"]["holdout_pairs_seen"] == sorted(config.holdout)
+    for line in (tmp_path / "captions_test.jsonl").read_text().splitlines():  # every test scene holds one
+        spec = json.loads(line)["spec"]
+        assert {f"{o['color']} {o['shape']}" for o in spec["objects"]} & set(config.holdout), spec
 
 
 def test_bad_world_config():

@@ -42,7 +42,7 @@ class DemoConfig:
     unified_overrides: list[str] = field(default_factory=list)
     conversation_weight: float = 1.0  # sampling weight of the conversations against the captions' 1
     comprehension_features: Literal["toklip", "vq", "both"] = "toklip"
-    cfg_scale: float = 1.0  # guidance for the val prompts (chosen by measurement, docs/DEMO.md)
+    cfg_scale: float = 1.0  # the export's guidance (its generation_config.json), for every drawing
     eval_val_images: int = 200  # val images whose questions are asked / prompts drawn
     eval_batch_size: int = 32
     interleaved_prompts: int = 50

@@ -11,6 +11,7 @@ import numpy as np
 
 from unified_ar.config import packaged_config
 from unified_ar.demo import DemoConfig, command, run_stage, variants
+from unified_ar.generation_config import GenerationConfig
 
 
 def _rel(path: Path, out: Path) -> str:
@@ -126,28 +127,53 @@ def stage_train(config: DemoConfig, out: Path, variant: str, stage: str) -> dict
     return _train_summary(run / stage, out)
 
 
-def stage_eval_vqa(config: DemoConfig, out: Path, variant: str) -> dict:
+# the splits the demo evaluates: val (scenes like training's) and test (every scene holds a
+# colour-shape pair never seen in training: compositional generalisation); folder suffixes
+EVAL_SPLITS = {"val": "", "test": "_test"}
+
+
+def _eval_images(config: DemoConfig, split: str) -> int:
+    return config.eval_val_images if split == "val" else config.test_images
+
+
+def stage_eval_vqa(config: DemoConfig, out: Path, variant: str, split: str = "val") -> dict:
+    """eval-vqa on the split's questions of its first images, with the export's own prompt format."""
     run = out / "runs" / variant
-    questions = json.loads((out / "world" / "vqa" / "val_questions.json").read_text())["questions"]
-    keep = {q["image_id"] for q in questions}
-    keep = set(sorted(keep)[: config.eval_val_images])
+    folder = run / f"eval_vqa{EVAL_SPLITS[split]}"
+    questions = json.loads((out / "world" / "vqa" / f"{split}_questions.json").read_text())["questions"]
+    keep = set(sorted({q["image_id"] for q in questions})[: _eval_images(config, split)])
     limit = sum(q["image_id"] in keep for q in questions)  # questions are in image order
-    command(["eval-vqa", "--benchmark", "vqav2", "--data", str(out / "world"), "--split", "val",
-             "--model", str(run / "unified" / "export"), "--out", str(run / "eval_vqa"),
+    command(["eval-vqa", "--benchmark", "vqav2", "--data", str(out / "world"), "--split", split,
+             "--model", str(run / "unified" / "export"), "--out", str(folder),
              "--batch-size", str(config.eval_batch_size), "--limit", str(limit)])
-    metrics = _read_json(run / "eval_vqa" / "metrics.json")
+    metrics = _read_json(folder / "metrics.json")
     return {"vqa": {"overall": metrics["overall"] / 100,
                     "by_type": {k: v / 100 for k, v in sorted(metrics["perQuestionType"].items())}}}
 
 
-def stage_eval_t2i(config: DemoConfig, out: Path, variant: str) -> dict:
+def stage_eval_t2i(config: DemoConfig, out: Path, variant: str, split: str = "val") -> dict:
+    """ShapesEval of images drawn from the split's prompts, with the export's own guidance."""
     run = out / "runs" / variant
+    folder = run / f"eval_t2i{EVAL_SPLITS[split]}"
     command(["eval-t2i", "--model", str(run / "unified" / "export"),
-             "--prompts", str(out / "world" / "t2i_prompts_val.jsonl"), "--out", str(run / "eval_t2i"),
-             "--cfg-scale", str(config.cfg_scale), "--limit", str(config.eval_val_images),
+             "--prompts", str(out / "world" / f"t2i_prompts_{split}.jsonl"), "--out", str(folder),
+             "--limit", str(_eval_images(config, split)),
              "--batch-size", str(config.eval_batch_size), "--seed", str(config.seed)])
-    summary = _read_json(run / "eval_t2i" / "metrics.json")["shapes_eval"]
-    return {"t2i": {**summary, "cfg_scale": config.cfg_scale}}
+    summary = _read_json(folder / "metrics.json")["shapes_eval"]
+    guidance = GenerationConfig.load(run / "unified" / "export").image.guidance_scale
+    return {"t2i": {**summary, "cfg_scale": guidance}}
+
+
+def _evaluate(config: DemoConfig, out: Path, variant: str, timings: dict) -> dict:
+    """The run's VQA and ShapesEval on val and on the held-out-pair test split."""
+    results = {}
+    for split, suffix in EVAL_SPLITS.items():
+        vqa = run_stage(out, f"runs/{variant}/eval_vqa{suffix}",
+                        lambda split=split: stage_eval_vqa(config, out, variant, split), timings)
+        t2i = run_stage(out, f"runs/{variant}/eval_t2i{suffix}",
+                        lambda split=split: stage_eval_t2i(config, out, variant, split), timings)
+        results[f"vqa{suffix}"], results[f"t2i{suffix}"] = vqa["vqa"], t2i["t2i"]
+    return results
 
 
 def run_all(config: DemoConfig, out: Path) -> dict:
@@ -164,10 +190,9 @@ def run_all(config: DemoConfig, out: Path) -> dict:
     for v in variants(config):
         train = {s: run_stage(out, f"runs/{v}/{s}", lambda s=s: stage_train(config, out, v, s), timings)
                  for s in ("align", "unified")}
-        vqa = run_stage(out, f"runs/{v}/eval_vqa", lambda: stage_eval_vqa(config, out, v), timings)
-        t2i = run_stage(out, f"runs/{v}/eval_t2i", lambda: stage_eval_t2i(config, out, v), timings)
+        evaluation = _evaluate(config, out, v, timings)
         inter = run_stage(out, f"runs/{v}/interleaved", lambda: stage_interleaved(config, out, v), timings)
-        runs[v] = {"vqa": vqa["vqa"], "t2i": t2i["t2i"], "interleaved": inter["interleaved"],
+        runs[v] = {**evaluation, "interleaved": inter["interleaved"],
                    "train": {s: {k: r[k] for k in ("steps", "seconds", "final_loss", "metrics_jsonl")}
                              for s, r in train.items()}}
     tokenizers = {
