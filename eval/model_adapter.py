@@ -51,8 +51,9 @@ def load_answer_fn(model_dir: str, max_new_tokens: int = 16, device: str = "auto
     model = load_model(model_dir, device)
 
     def answer_fn(batch: list) -> list[str]:
-        images = [s.load_image() for s in batch]
-        text_only = [s.question_id for s, img in zip(batch, images) if img is None]
+        # a list of images (MMMU) keeps its prompt's <image> markers; one image gets the VQA template
+        images = [s.load_images() if isinstance(s.image, list) else s.load_image() for s in batch]
+        text_only = [s.question_id for s, img in zip(batch, images) if img is None or img == []]
         if text_only:
             raise ValueError(f"questions without an image are not supported by the unified model: {text_only[:3]}")
         return answer_questions(model, images, [s.prompt for s in batch], max_new_tokens=max_new_tokens,
@@ -61,15 +62,16 @@ def load_answer_fn(model_dir: str, max_new_tokens: int = 16, device: str = "auto
     return answer_fn
 
 
-def load_image_fn(model_dir: str, cfg_scale: float | None = 1.0, seed: int = 0, device: str = "auto") -> Callable:
+def load_image_fn(model_dir: str, cfg_scale: float | None, seed: int = 0, device: str = "auto") -> Callable:
     """``image_fn(prompts, indices)`` for ``model_dir``; prompt ``indices[i]`` is sampled with seed
     ``seed + indices[i]``, so a resumed or re-batched run draws the same images."""
     import numpy as np
 
     sampling = _sampling()
     generate_images = _require(sampling, "generate_images")
-    cfg = _require(sampling, "ImageSamplingConfig")(guidance_scale=cfg_scale)
     model = load_model(model_dir, device)
+    # the model's sampling settings (generation_config.json) with the run's guidance (None: no CFG)
+    cfg = _require(sampling, "ImageSamplingConfig").for_model(model, guidance_scale=cfg_scale)
 
     def image_fn(prompts: list[str], indices: list[int]) -> list:
         samples = generate_images(model, prompts, seeds=[seed + i for i in indices], cfg=cfg)

@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help=f"answer length ({MODEL_DEFAULT})")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--submission", default=None,
-                   help="vqav2/vizwiz: also write the EvalAI upload file here (test splits)")
+                   help="vqav2/vizwiz: also write the EvalAI upload file here; mmmu: the {id: answer} "
+                        "upload (test splits)")
     return p
 
 
@@ -166,8 +167,12 @@ def _write_submission(args: argparse.Namespace, predictions: dict[str, str], opt
     elif args.benchmark == "vizwiz":
         from unified_ar.eval.benchmarks.vizwiz import write_submission
         info = write_submission(predictions, args.data, args.submission, options)
+    elif args.benchmark == "mmmu":
+        from unified_ar.eval.benchmarks.mmmu import write_submission
+        info = write_submission(predictions, args.data, args.submission, options)
     else:
-        raise ValueError(f"--submission: only vqav2 and vizwiz have an EvalAI upload format, not {args.benchmark}")
+        raise ValueError(f"--submission: only vqav2, vizwiz (EvalAI) and mmmu ({{id: answer}}) have an upload "
+                         f"format, not {args.benchmark}")
     print(json.dumps(info), file=sys.stderr)
 
 

@@ -367,18 +367,36 @@ def image_to_codes(model, item) -> torch.Tensor:
 @torch.inference_mode()
 def answer_questions(model, images_or_codes: list, questions: list[str], max_new_tokens: int = 16,
                      batch_size: int = 16, cfg: TextSamplingConfig | None = None) -> list[str]:
-    """Answer one question per image (PIL, pixels [3,H,W] or codes [N]/[h,w]); greedy by default."""
+    """Answer each question about its image (PIL, pixels [3,H,W] or codes [N]/[h,w]); greedy by default.
+
+    A question given one image is asked as ``VQA_TEMPLATE`` (the image first). A question given a
+    list of images holds one ``<image>`` marker per image where it belongs (MMMU) and is asked as
+    written, the images fed in marker order."""
+    from unified_ar.sequences import IMAGE_MARK
+
     if len(images_or_codes) != len(questions):
         raise ValueError(f"got {len(images_or_codes)} images for {len(questions)} questions")
+    image_types = (Image.Image, str, Path, torch.Tensor, np.ndarray)
+
+    def several(item) -> bool:  # a list of images, not codes written as a (nested) list of ints
+        return isinstance(item, (list, tuple)) and bool(item) and all(isinstance(x, image_types) for x in item)
+
+    def content(n: int, item, question: str) -> tuple[str, list]:
+        if not several(item):
+            return VQA_TEMPLATE.format(question=question), [item]
+        if question.count(IMAGE_MARK) != len(item):
+            raise ValueError(f"question {n}: {question.count(IMAGE_MARK)} {IMAGE_MARK} marker(s) "
+                             f"for {len(item)} images")
+        return question, list(item)
+
     cfg = cfg or TextSamplingConfig(max_new_tokens=max_new_tokens)
     answers: list[str] = []
     for i in range(0, len(questions), batch_size):
-        codes = torch.stack([image_to_codes(model, x) for x in images_or_codes[i:i + batch_size]])
-        prompts = [
-            chat_prompt(model.layout, model.tokenizer, [{"role": "user", "content": VQA_TEMPLATE.format(question=q)}],
-                        model.num_image_tokens)
-            for q in questions[i:i + batch_size]
-        ]
+        asked = [content(i + j, x, q) for j, (x, q) in
+                 enumerate(zip(images_or_codes[i:i + batch_size], questions[i:i + batch_size]))]
+        codes = torch.stack([image_to_codes(model, x) for _, items in asked for x in items])
+        prompts = [chat_prompt(model.layout, model.tokenizer, [{"role": "user", "content": text}],
+                               model.num_image_tokens) for text, _ in asked]
         for new in generate_text(model, prompts, codes, cfg):
             answers.append(model.tokenizer.decode(new, skip_special_tokens=True).strip())
     return answers

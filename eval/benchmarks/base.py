@@ -21,7 +21,7 @@ from PIL import Image
 from unified_ar.generation_config import MULTIPLE_CHOICE, SHORT_ANSWER, UNANSWERABLE  # noqa: F401
 
 BENCHMARKS: tuple[str, ...] = (
-    "vqav2", "gqa", "textvqa", "vizwiz", "pope", "mme", "mmbench", "scienceqa", "seedbench",
+    "vqav2", "gqa", "textvqa", "vizwiz", "pope", "mme", "mmbench", "scienceqa", "seedbench", "mmmu",
 )
 
 OPTION_LETTERS = "ABCDEFGHIJ"
@@ -52,10 +52,11 @@ class VQASample:
     """One question to ask the model.
 
     ``image`` is a file path, a zero-argument callable returning a PIL image
-    (base64 TSV rows), or ``None`` for text-only questions."""
+    (base64 TSV rows), a list of those (several images, one per ``<image>`` marker of
+    ``prompt``, in order: MMMU), or ``None`` for text-only questions."""
 
     question_id: str | int
-    image: str | Callable[[], Image.Image] | None
+    image: str | Callable[[], Image.Image] | list[str | Callable[[], Image.Image]] | None
     prompt: str
     question: str = ""
     answer: str | None = None
@@ -69,14 +70,27 @@ class VQASample:
         return str(self.question_id)
 
     def load_image(self) -> Image.Image | None:
-        """The question's picture as stored (any mode): the model's processor applies the image rule."""
+        """The question's picture as stored (any mode): the model's processor applies the image rule.
+
+        A list of one image gives that image; a question with several images needs :meth:`load_images`."""
+        if isinstance(self.image, list):
+            if len(self.image) > 1:
+                raise ValueError(f"question {self.question_id} has {len(self.image)} images: use load_images()")
+            return self._open(self.image[0]) if self.image else None
+        return None if self.image is None else self._open(self.image)
+
+    def load_images(self) -> list[Image.Image]:
+        """Every picture of the question, in ``<image>`` marker order ([] for text-only questions)."""
+        if self.image is None:
+            return []
+        return [self._open(item) for item in (self.image if isinstance(self.image, list) else [self.image])]
+
+    def _open(self, item: str | Callable[[], Image.Image]) -> Image.Image:
         from unified_ar.tokenizer.transforms import open_image
 
-        if self.image is None:
-            return None
-        if callable(self.image):
-            return self.image()
-        path = Path(self.image)
+        if callable(item):
+            return item()
+        path = Path(item)
         if not path.is_file():
             raise FileNotFoundError(f"question {self.question_id}: image {path} not found")
         return open_image(path)
