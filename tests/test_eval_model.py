@@ -45,7 +45,7 @@ def test_eval_t2i_with_a_model(model_dir, shapes_world, tmp_path, capsys):
     assert eval_t2i(args) == 0
     capsys.readouterr()
     assert eval_t2i([*args, "--cfg-scale", "2.0"]) == 2
-    assert "cfg_scale: 1.0 there, 2.0 now" in capsys.readouterr().err
+    assert "cfg_scale: 3.0 there, 2.0 now" in capsys.readouterr().err  # the folder's default was used
     (tmp_path / "t2i" / "images" / "sampling.json").unlink()
     assert eval_t2i(args) == 2
     assert "holds images but no sampling.json" in capsys.readouterr().err
