@@ -1,13 +1,18 @@
 """Answer normalisation exactly as the official VQA tools do it, quirks included.
 
-Two official normalisers exist and differ in small ways; both are reproduced:
+Three official normalisers exist and differ in small ways; each is a :class:`Rules`:
 
-* GT-Vision-Lab ``vqaEval.py`` (master, "Fixed processing answers bug"):
-  ``processPunctuation`` + ``processDigitArticle``, with the comma rule
-  ``(\\d)(\\,)(\\d)``;
-* EvalAI's answer processor (MMF ``EvalAIAnswerProcessor``, as vendored by LLaVA
-  ``llava/eval/m4c_evaluator.py`` and lmms-eval): lower-case, drop ``,`` and ``?``,
-  split ``'s``, then the same two steps with the comma rule ``(?<=\\d)(\\,)+(?=\\d)``.
+* ``VQA_EVAL``: GT-Vision-Lab ``vqaEval.py`` (master, "Fixed processing answers bug"),
+  a Python 2 script: ``processPunctuation`` + ``processDigitArticle`` with the comma
+  rule ``(\\d)(\\,)(\\d)``; ``\\d`` is ASCII only (no ``re.UNICODE`` flag in
+  Python 2), ``lower()``/``strip()``/``split()`` follow Python 2 ``unicode``;
+* ``VIZWIZ_EVAL``: VizWiz's ``VQAEval`` (Qing Li's VizWiz API, Python 3): the same
+  steps under Python 3 with its own contraction table, whose values (and most keys)
+  carry a curly apostrophe (``dont`` -> ``don’t``);
+* ``EVALAI``: EvalAI's answer processor (MMF ``EvalAIAnswerProcessor``, as vendored by
+  LLaVA ``llava/eval/m4c_evaluator.py`` and lmms-eval), Python 3: lower-case, drop
+  ``,`` and ``?``, split ``'s``, then the two steps with the comma rule
+  ``(?<=\\d)(\\,)+(?=\\d)``.
 
 Quirks kept on purpose because published numbers depend on them:
 
@@ -20,10 +25,16 @@ Quirks kept on purpose because published numbers depend on them:
   *input* text (a space next to that mark anywhere, or any ``digit,digit``);
 * contractions are looked up after lower-casing, so the capitalised keys
   (``Im``, ``Ive``, ...) never match.
+
+Python 2 text semantics (``VQA_EVAL``) reproduced: ``\\d`` is ``[0-9]``;
+``lower()`` maps each character alone (no final-sigma rule, ``İ`` -> ``i``);
+U+180E counts as whitespace. Characters added to Unicode after 5.2 (Python
+2.7's database) are lower-cased as Python 3 does (not reproduced).
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 # Written as "key=value" pairs; the mapping is data that must equal the official
@@ -66,48 +77,106 @@ ARTICLES = ("a", "an", "the")
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
                ">", "<", "@", "`", ",", "?", "!")
 
+# VizWiz's table is the same 120 entries with the apostrophe curly (’) in keys and
+# values, except these: eight entries kept straight throughout, and two whose key
+# keeps its straight apostrophe (their value is curly).
+_VIZWIZ_STRAIGHT = ("aint", "arent", "cant", "couldve", "couldnt", "weve", "wheres", "whove")
+_VIZWIZ_STRAIGHT_KEY = ("couldn'tve", "hadn'tve")
+
+
+def _curly(text: str) -> str:
+    return text.replace("'", "\u2019")
+
+
+def _vizwiz_contractions() -> dict[str, str]:
+    table = {}
+    for key, value in CONTRACTIONS.items():
+        if key in _VIZWIZ_STRAIGHT:
+            table[key] = value
+        elif key in _VIZWIZ_STRAIGHT_KEY:
+            table[key] = _curly(value)
+        else:
+            table[_curly(key)] = _curly(value)
+    return table
+
+
+VIZWIZ_CONTRACTIONS: dict[str, str] = _vizwiz_contractions()
+
+# Python 2 ``unicode`` whitespace: Python 3's plus U+180E (MONGOLIAN VOWEL SEPARATOR).
+PY2_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u180e" + "".join(
+    chr(c) for c in range(0x2000, 0x200B)) + "\u2028\u2029\u202f\u205f\u3000"
+
 PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-VQA_COMMA = re.compile(r"(\d)(\,)(\d)")          # vqaEval.py
+VQA_COMMA = re.compile(r"(\d)(\,)(\d)")          # vqaEval.py / VizWiz VQAEval
 EVALAI_COMMA = re.compile(r"(?<=\d)(\,)+(?=\d)")  # EvalAI / m4c_evaluator
+# Python 2 compiled these without re.UNICODE: \d is [0-9] there.
+PERIOD_STRIP_PY2 = re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII)
+VQA_COMMA_PY2 = re.compile(r"(\d)(\,)(\d)", re.ASCII)
 # The official call passes re.UNICODE where re.sub expects ``count``.
 _PERIOD_COUNT = int(re.UNICODE)
 
 
-def process_punctuation(text: str, comma: re.Pattern = VQA_COMMA) -> str:
-    """``processPunctuation`` of vqaEval.py (``comma=EVALAI_COMMA`` for EvalAI's variant)."""
+@dataclass(frozen=True)
+class Rules:
+    """One official normaliser: its regexes, contraction table and Python version."""
+
+    comma: re.Pattern
+    period: re.Pattern
+    contractions: dict
+    python2: bool
+
+
+VQA_EVAL = Rules(VQA_COMMA_PY2, PERIOD_STRIP_PY2, CONTRACTIONS, python2=True)
+VIZWIZ_EVAL = Rules(VQA_COMMA, PERIOD_STRIP, VIZWIZ_CONTRACTIONS, python2=False)
+EVALAI = Rules(EVALAI_COMMA, PERIOD_STRIP, CONTRACTIONS, python2=False)
+
+
+def _lower(text: str, python2: bool) -> str:
+    if not python2:
+        return text.lower()
+    # Python 2 unicode.lower(): one character at a time, simple mapping only.
+    return "".join("i" if c == "\u0130" else c.lower() for c in text)
+
+
+def _split(text: str, python2: bool) -> list[str]:
+    return text.replace("\u180e", " ").split() if python2 else text.split()
+
+
+def process_punctuation(text: str, rules: Rules = VQA_EVAL) -> str:
+    """``processPunctuation`` of the official script ``rules`` stands for."""
     out = text
-    has_digit_comma = comma.search(text) is not None
+    has_digit_comma = rules.comma.search(text) is not None
     for mark in PUNCTUATION:
         if (mark + " " in text or " " + mark in text) or has_digit_comma:
             out = out.replace(mark, "")
         else:
             out = out.replace(mark, " ")
-    return PERIOD_STRIP.sub("", out, _PERIOD_COUNT)
+    return rules.period.sub("", out, _PERIOD_COUNT)
 
 
-def process_digit_article(text: str) -> str:
+def process_digit_article(text: str, rules: Rules = VQA_EVAL) -> str:
     """``processDigitArticle``: lower-case, number words -> digits, drop articles, contractions."""
-    words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [NUMBER_WORDS.get(w, w) for w in _split(_lower(text, rules.python2), rules.python2)]
     words = [w for w in words if w not in ARTICLES]
-    return " ".join(CONTRACTIONS.get(w, w) for w in words)
+    return " ".join(rules.contractions.get(w, w) for w in words)
 
 
-def clean_whitespace(text: str) -> str:
-    """Newlines and tabs -> spaces, then strip: applied to every answer before matching."""
-    return text.replace("\n", " ").replace("\t", " ").strip()
+def clean_whitespace(text: str, python2: bool = False) -> str:
+    """Newlines and tabs -> spaces, then strip (Python 2 or 3 whitespace)."""
+    text = text.replace("\n", " ").replace("\t", " ")
+    return text.strip(PY2_WHITESPACE) if python2 else text.strip()
 
 
 def evalai_process(answer: str) -> str:
     """EvalAI's answer processor (LLaVA ``EvalAIAnswerProcessor.__call__``)."""
     text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     text = clean_whitespace(text)
-    text = process_punctuation(text, EVALAI_COMMA)
-    return process_digit_article(text)
+    return process_digit_article(process_punctuation(text, EVALAI), EVALAI)
 
 
-def vqa_normalize(answer: str, comma: re.Pattern = VQA_COMMA) -> str:
-    """Both normalisation steps of vqaEval.py, in its order."""
-    return process_digit_article(process_punctuation(answer, comma))
+def vqa_normalize(answer: str, rules: Rules = VQA_EVAL) -> str:
+    """Both normalisation steps of the official script, in its order."""
+    return process_digit_article(process_punctuation(answer, rules), rules)
 
 
 def py2_round(value: float, ndigits: int = 2) -> float:

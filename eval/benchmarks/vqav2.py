@@ -1,5 +1,9 @@
 """VQAv2 (and any data in its official format, e.g. the Shapes world's ``vqa/``).
 
+Scored as GT-Vision-Lab ``vqaEval.py`` + ``vqaTools/vqa.py`` do (``none``), after
+LLaVA's EvalAI processing (``llava``), or as lmms-eval's ``vqav2_process_results``
+(``lmms``): see :mod:`unified_ar.eval.vqa_accuracy`.
+
 Files (``--split S``, default ``val2014``), the first that exists:
 ``v2_OpenEnded_mscoco_{S}_questions.json`` / ``v2_mscoco_{S}_annotations.json``,
 ``vqa/{S}_questions.json`` / ``vqa/{S}_annotations.json``,
@@ -81,11 +85,19 @@ def score(predictions: dict[str, str], data_dir: str | Path,
         raise ValueError(f"{NAME}: {len(extra)} predictions for questions not in {path} (e.g. {sorted(extra)[0]})")
     rows = []
     for key, ann in zip(keys, anns):
-        gts = [a["answer"] for a in require(ann, "answers", f"{path} question {key}")]
-        acc = vqa_question_accuracy(predictions[key], gts, options.answer_processing)
+        records = require(ann, "answers", f"{path} question {key}")
+        gts = [require(a, "answer", f"{path} question {key} answers") for a in records]
+        acc = vqa_question_accuracy(_answer_text(predictions[key], key), gts, options.answer_processing, records)
         rows.append((acc, ann.get("question_type"), ann.get("answer_type")))
-    result = aggregate(rows, exact=options.answer_processing == "lmms").to_dict()
+    rounding = "none" if options.answer_processing == "lmms" else "python2"
+    result = aggregate(rows, rounding).to_dict()
     return {"benchmark": NAME, "answer_processing": options.answer_processing, **result}
+
+
+def _answer_text(answer, key: str) -> str:
+    if not isinstance(answer, str):
+        raise ValueError(f"{NAME}: the prediction of question {key} is not a string: {answer!r}")
+    return answer
 
 
 def write_submission(predictions: dict[str, str], questions_path: str | Path, out: str | Path) -> dict:
