@@ -63,7 +63,11 @@ def test_mme_pairs(tmp_path):
     (code / "questions_answers_YN" / "c.txt").write_text("Prints 1?\tYes\nPrints 2?\tNo\n")
     (code / "questions_answers_YN" / "d.txt").write_text("Prints 3?\tYes\nPrints 4?\tNo\n")
     samples = get_benchmark("mme").load(tmp_path)
-    assert len(samples) == 8 and samples[0].prompt.endswith("Please answer yes or no.")
+    # LLaVA-1.5's llava_mme.jsonl: the yes/no sentence becomes the short-answer suffix on a new line
+    assert len(samples) == 8 and samples[0].prompt == "Is there a cat?\nAnswer the question using a single word or phrase."
+    assert samples[2].prompt == "Is there a car?\nAnswer the question using a single word or phrase."
+    bare = get_benchmark("mme").load(tmp_path, BenchmarkOptions(short_answer_suffix=""))
+    assert bare[0].prompt == "Is there a cat? Please answer yes or no."  # no suffix: as written
     preds = {"existence/a.jpg/0": "Yes", "existence/a.jpg/1": "No",          # both right
              "existence/b.jpg/0": "yes, there is",                          # "yes" in the first 4 chars: right
              "existence/b.jpg/1": "I think no",                             # "i th": other, wrong
@@ -148,26 +152,32 @@ def test_seedbench_image_exact_match(tmp_path):
     (tmp_path / "SEED-Bench.json").write_text(json.dumps(data))
     assert len(get_benchmark("seedbench").load(tmp_path)) == 3  # the video question is skipped
     m = _score("seedbench", {"1": "A", "2": "B.", "4": " C "}, tmp_path)
-    # "B." != "B" (LLaVA compares exactly); " C " is stripped -> right. 2 of 3.
-    assert m["image_accuracy"] == pytest.approx(200 / 3)
-    assert m["per_type"] == {"Scene Understanding": 50.0, "Instance Identity": 100.0}
+    # LLaVA compares row['text'] == answer as written: "B." and " C " are wrong. 1 of 3.
+    assert m["image_accuracy"] == pytest.approx(100 / 3)
+    assert m["per_type"] == {"Scene Understanding": 50.0, "Instance Identity": 0.0}
 
 
 def test_gqa_exact_match_and_score_only(tmp_path, capsys):
-    questions = {
-        "q1": {"imageId": "n1", "question": "Is it red?", "answer": "yes", "types": {"structural": "verify"}},
-        "q2": {"imageId": "n2", "question": "Which side?", "answer": "left", "types": {"structural": "query"}},
-        "q3": {"imageId": "n3", "question": "What colour?", "answer": "red", "types": {"structural": "query"}},
-    }
+    def q(image, text, answer, structural):  # the fields GQA's eval.py reads
+        return {"imageId": image, "question": text, "answer": answer, "isBalanced": True, "entailed": [],
+                "types": {"structural": structural, "semantic": "attr", "detailed": "x"},
+                "semantic": [{"operation": "select", "argument": "thing"}], "groups": {"global": None}}
+    questions = {"q1": q("n1", "Is it red?", "yes", "verify"), "q2": q("n2", "Which side?", "left", "query"),
+                 "q3": q("n3", "What colour?", "red", "query")}
     (tmp_path / "testdev_balanced_questions.json").write_text(json.dumps(questions))
     preds = tmp_path / "testdev_balanced_predictions.json"  # the official GQA results format
-    preds.write_text(json.dumps([{"questionId": "q1", "prediction": "Yes."},    # -> "yes": right
+    preds.write_text(json.dumps([{"questionId": "q1", "prediction": "Yes."},    # eval.py: as written, wrong
                                  {"questionId": "q2", "prediction": "the left"},  # wrong
                                  {"questionId": "q3", "prediction": "red"}]))     # right
     assert eval_vqa(["--benchmark", "gqa", "--data", str(tmp_path), "--predictions", str(preds)]) == 0
     m = json.loads(capsys.readouterr().out)
-    assert m["accuracy"] == pytest.approx(200 / 3)
-    assert m["structural"] == {"query": 50.0, "verify": 100.0}
+    assert m["accuracy"] == pytest.approx(100 / 3)
+    assert m["structural"] == {"query": 50.0, "verify": 0.0}
+    llava = tmp_path / "answers.jsonl"  # LLaVA's answer file: convert_gqa_for_eval.py cleaning first
+    llava.write_text("".join(json.dumps({"question_id": k, "text": t}) + "\n"
+                             for k, t in (("q1", "Yes."), ("q2", "the left"), ("q3", "red"))))
+    assert eval_vqa(["--benchmark", "gqa", "--data", str(tmp_path), "--predictions", str(llava)]) == 0
+    assert json.loads(capsys.readouterr().out)["structural"] == {"query": 50.0, "verify": 100.0}
 
 
 def test_textvqa_m4c(tmp_path):

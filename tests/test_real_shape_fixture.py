@@ -186,7 +186,7 @@ def test_pope_reads_the_official_files(real):
 
 def test_mme_reads_the_release_layout(real):
     samples = _loaded("mme", real.mme_dir)
-    assert all(s.prompt.endswith("Please answer yes or no.") for s in samples)
+    assert all(s.prompt.endswith("?\nAnswer the question using a single word or phrase.") for s in samples)
     assert (real.mme_dir / "scene" / "questions_answers_YN").is_dir()
     metrics = get_benchmark("mme").score({s.key: s.answer for s in samples}, real.mme_dir)
     categories = {s.category for s in samples}

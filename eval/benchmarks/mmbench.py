@@ -7,10 +7,20 @@ circular copies (indices >= 1e6, the legacy release), they are asked as they
 are; otherwise, with ``circular`` on, each question is asked once per rotation
 of its options (LLaVA ``model_vqa_mmbench.py --all-rounds``), rotation ``r``
 getting index ``index + r * 1e6`` so that ``index % 1e6`` names the question,
-as OpenCompass groups them. The prompt is LLaVA's: hint, question, ``A. ...``
-lines, the multiple-choice suffix. Letters are read with LLaVA's rule
-(:func:`unified_ar.eval.metrics.extract_choice`); the official server adds
-ChatGPT matching for free-form answers, which we do not.
+as OpenCompass groups them (LLaVA's rotation: round ``r`` lists
+``options[r:] + options[:r]`` under the letters A, B, ...). The prompt is
+LLaVA's: hint, question, ``A. ...`` lines, the multiple-choice suffix.
+
+Scoring follows VLMEvalKit's exact matching (``judge`` ``exact_matching``, no
+ChatGPT): each row's answer is read with ``can_infer`` against that row's
+options (:func:`unified_ar.eval.metrics.mmbench_infer`); an answer it cannot
+read, or reads as ``"Z"``, is wrong; a question is right when all its rows are
+(``mcq_circular_eval``). The TSV is read as text: no image is decoded.
+
+Answer files: ours / any ``{"question_id": index, "text"}`` keyed by the
+asked index, and LLaVA's ``model_vqa_mmbench.py`` answer file, whose
+``question_id`` is the TSV's index and ``round_id`` the rotation
+(key ``index + round_id * 1e6``).
 """
 from __future__ import annotations
 
@@ -23,7 +33,8 @@ from unified_ar.eval.benchmarks.base import (
     OPTION_LETTERS, BenchmarkOptions, VQASample, base64_image, find_file, missing_predictions, options_block,
     require, restrict, with_suffix,
 )
-from unified_ar.eval.metrics import CIRCULAR_STRIDE, circular_accuracy, extract_choice
+from unified_ar.eval.metrics import CIRCULAR_STRIDE, circular_accuracy, mmbench_infer
+from unified_ar.eval.predictions import read_prediction_rows
 
 NAME = "mmbench"
 DEFAULT_SPLIT = "dev_20230712"
@@ -89,9 +100,39 @@ def score(predictions: dict[str, str], data_dir: str | Path,
     missing_predictions([str(r["index"]) for r in asked], predictions, NAME)
     rows = []
     for r in asked:
-        hit = extract_choice(predictions[str(r["index"])], len(r["options"]), OPTION_LETTERS[:4]) == r["answer_idx"]
+        choices = dict(zip(OPTION_LETTERS, r["options"]))
+        hit = mmbench_infer(predictions[str(r["index"])], choices) == OPTION_LETTERS[r["answer_idx"]]
         groups = {k: r.get(k) for k in ("category", "l2-category") if not _is_none(r.get(k))}
         rows.append((r["index"], hit, groups))
     return {"benchmark": NAME, **circular_accuracy(rows)}
 
 
+def _answer_key(row, where: str, has_copies: bool) -> str:
+    if not isinstance(row, dict) or "question_id" not in row or "text" not in row:
+        raise ValueError(f"{where}: an answer needs 'question_id' and 'text'")
+    rnd = row.get("round_id", 0)
+    if not isinstance(rnd, int) or rnd < 0:
+        raise ValueError(f"{where}: round_id must be an integer >= 0, got {rnd!r}")
+    if rnd and has_copies:
+        raise ValueError(f"{where}: round_id {rnd}, but the TSV already holds the circular copies "
+                         "(answer it without --all-rounds)")
+    if not str(row["question_id"]).isdigit():
+        raise ValueError(f"{where}: question_id must be the TSV's integer index, got {row['question_id']!r}")
+    return str(int(row["question_id"]) + rnd * CIRCULAR_STRIDE)
+
+
+def read_answers(path: Path, data_dir, options: BenchmarkOptions) -> dict[str, str]:
+    """Rows ``{"question_id", "text"[, "round_id"]}`` (JSONL or a JSON list), or a
+    mapping index -> answer; LLaVA's ``round_id`` r keys ``index + r * 1e6``."""
+    rows = read_prediction_rows(path)
+    if isinstance(rows, dict):
+        return {str(k): str(v) for k, v in rows.items()}
+    has_copies = any(int(r["index"]) >= CIRCULAR_STRIDE for r in _read_tsv(_tsv(data_dir, options)))
+    out: dict[str, str] = {}
+    for n, row in enumerate(rows, 1):
+        where = f"{path}:{n}" if path.suffix == ".jsonl" else f"{path} entry {n - 1}"
+        key = _answer_key(row, where, has_copies)
+        if key in out and out[key] != str(row["text"]):
+            raise ValueError(f"{where}: question {key} has two different answers")
+        out[key] = str(row["text"])
+    return out

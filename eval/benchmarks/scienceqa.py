@@ -4,8 +4,15 @@ Files: ``problems.json`` and ``pid_splits.json`` (ScienceQA's ``data/scienceqa``
 images ``images/{split}/{pid}/{image}``. The prompt follows LLaVA's
 ``llava_test_CQM-A.json``: ``Context: {hint}`` (when there is a hint), the
 question, ``A. ...`` option lines, the multiple-choice suffix. Answers are read
-with LLaVA's letter rule; unreadable answers count wrong (LLaVA's "FAILED").
-Accuracy is over the image questions, LLaVA's "IMG-Accuracy".
+as written with LLaVA's letter rule (:func:`unified_ar.eval.metrics.extract_choice`);
+unreadable answers count wrong (LLaVA's "FAILED").
+
+``img_accuracy`` is LLaVA's "IMG-Accuracy", over the split's questions with an
+image (eval_science_qa.py takes those whose answer-file prompt holds
+``<image>``, which LLaVA's question file gives exactly the problems with an
+``image``). When the answers also cover every other question of the split,
+``accuracy`` is LLaVA's "Accuracy" over all of them. LLaVA's answer file
+(``{"question_id": pid, "prompt", "text"}``) is read as it is.
 """
 from __future__ import annotations
 
@@ -22,18 +29,18 @@ NAME = "scienceqa"
 DEFAULT_SPLIT = "test"
 
 
-def _problems(data_dir: str | Path, options: BenchmarkOptions) -> list[tuple[str, dict]]:
+def _split_problems(data_dir: str | Path, options: BenchmarkOptions) -> list[tuple[str, dict]]:
     split = options.split or DEFAULT_SPLIT
     splits = read_json(find_file(data_dir, ["pid_splits.json"], "ScienceQA pid_splits"))
     problems = read_json(find_file(data_dir, ["problems.json"], "ScienceQA problems"))
     if split not in splits:
         raise KeyError(f"{data_dir}/pid_splits.json: no split {split!r} (have {', '.join(splits)})")
-    out = []
-    for pid in splits[split]:
-        prob = require(problems, pid, f"{data_dir}/problems.json")
-        if prob.get("image"):
-            out.append((pid, prob))
-    return out
+    return [(pid, require(problems, pid, f"{data_dir}/problems.json")) for pid in splits[split]]
+
+
+def _problems(data_dir: str | Path, options: BenchmarkOptions) -> list[tuple[str, dict]]:
+    """The split's questions with an image (the ones asked)."""
+    return [(pid, prob) for pid, prob in _split_problems(data_dir, options) if prob.get("image")]
 
 
 def load(data_dir: str | Path, options: BenchmarkOptions = BenchmarkOptions()) -> list[VQASample]:
@@ -51,10 +58,21 @@ def load(data_dir: str | Path, options: BenchmarkOptions = BenchmarkOptions()) -
     return samples
 
 
+def _hit(text: str, prob: dict, pid: str) -> bool:
+    return extract_choice(text, len(require(prob, "choices", f"problems.json [{pid}]"))) == \
+        require(prob, "answer", f"problems.json [{pid}]")
+
+
 def score(predictions: dict[str, str], data_dir: str | Path,
           options: BenchmarkOptions = BenchmarkOptions(), only: Collection[str] | None = None) -> dict:
     problems = restrict(_problems(data_dir, options), lambda p: p[0], only)
     missing_predictions([pid for pid, _ in problems], predictions, NAME)
-    hits = [extract_choice(predictions[pid], len(prob["choices"])) == prob["answer"] for pid, prob in problems]
-    return {"benchmark": NAME, "img_accuracy": 100 * sum(hits) / len(hits), "correct": sum(hits),
-            "num_questions": len(hits)}
+    hits = [_hit(predictions[pid], prob, pid) for pid, prob in problems]
+    out = {"benchmark": NAME, "img_accuracy": sum(hits) / len(hits) * 100, "correct": sum(hits),
+           "num_questions": len(hits)}
+    every = _split_problems(data_dir, options)
+    if only is None and all(pid in predictions for pid, _ in every):
+        all_hits = [_hit(predictions[pid], prob, pid) for pid, prob in every]
+        out.update(accuracy=sum(all_hits) / len(all_hits) * 100, all_correct=sum(all_hits),
+                   all_questions=len(all_hits))
+    return out

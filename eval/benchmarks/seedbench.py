@@ -4,8 +4,13 @@ Files: ``SEED-Bench.json`` (``questions`` with ``question_id, data_id, data_type
 question, choice_a..choice_d, answer, question_type_id``; ``question_type``
 name -> id); images ``SEED-Bench-image/{data_id}``. Only ``data_type ==
 "image"`` questions are asked. Prompt: the question, ``A. ...`` lines, the
-multiple-choice suffix. A prediction is right when the stripped answer equals
-the answer letter exactly (LLaVA's rule: ``"A."`` is wrong).
+multiple-choice suffix. A prediction is right when the answer as written
+equals the answer letter (LLaVA's ``row['text'] == answer``: ``"A."``, ``" A"``,
+``"a"`` are wrong). ``image_accuracy`` is its "image accuracy"
+(``eval_only_type='image'``), ``per_type`` its per-type accuracy for the image
+types (ids 1-9; video questions are not asked here). Answer files: LLaVA's
+(``{"question_id", "text"}``, ids as int or string) or the upload file
+(``{"question_id", "prediction"}``).
 """
 from __future__ import annotations
 
@@ -48,7 +53,8 @@ def score(predictions: dict[str, str], data_dir: str | Path,
     missing_predictions([str(q["question_id"]) for q in questions], predictions, NAME)
     per: dict[int, list[bool]] = {}
     for q in questions:
-        per.setdefault(int(q["question_type_id"]), []).append(predictions[str(q["question_id"])].strip() == q["answer"])
+        per.setdefault(int(q["question_type_id"]), []).append(predictions[str(q["question_id"])] == q["answer"])
     total = [h for hits in per.values() for h in hits]
-    return {"benchmark": NAME, "image_accuracy": 100 * sum(total) / len(total), "num_questions": len(total),
-            "per_type": {names.get(t, str(t)): 100 * sum(h) / len(h) for t, h in sorted(per.items())}}
+    return {"benchmark": NAME, "image_accuracy": sum(total) / len(total) * 100, "num_questions": len(total),
+            "per_type": {names.get(t, str(t)): sum(h) / len(h) * 100 for t, h in sorted(per.items())},
+            "per_type_counts": {names.get(t, str(t)): len(h) for t, h in sorted(per.items())}}
