@@ -7,12 +7,9 @@
   VLMEvalKit's ``can_infer`` exact matching and circular evaluation without a
   judge (MMBench, groups ``g_index = index % 1e6``);
 * GQA: the official ``eval.py`` helpers; LLaVA's ``convert_gqa_for_eval.py`` cleaning.
-  Multiple-choice and GQA answers are read as written (not stripped), as those
-  scripts do.
 
-All model outputs are ``.strip()``-ed first, as LLaVA's answer files hold
-stripped generations (POPE and MME read them as given, as their official
-scripts do; our generations are stripped when decoded).
+Every answer is read as written (not stripped), as the official scripts read
+their answer files; our own generations are stripped when decoded, as LLaVA's are.
 """
 from __future__ import annotations
 
