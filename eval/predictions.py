@@ -88,22 +88,12 @@ def read_prediction_rows(path: str | Path) -> list[dict] | dict:
     """The parsed content of a predictions file: a JSON list or mapping, or JSONL lines (a list).
 
     Errors name the file and, for JSONL, the line."""
+    from unified_ar.eval.benchmarks.base import read_json, read_jsonl
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: predictions file not found")
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: invalid JSON line ({e})") from None
-        return rows
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    return read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
 
 
 def read_predictions(path: str | Path) -> dict[str, str]:
