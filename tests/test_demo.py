@@ -119,7 +119,7 @@ def test_ablation_runs_side_by_side(fast_demo):
 
 def test_machine_names_the_cpu_model(tmp_path):
     """metrics.json's machine line carries the CPU's model name: two machines of one kind differ
-    in the demo's seconds and kernels' rounding (docs/DEMO.md, session 12)."""
+    in the demo's seconds and kernels' rounding (docs/DEMO.md, "Determinism")."""
     from unified_ar.demo import cpu_model
 
     cpuinfo = tmp_path / "cpuinfo"

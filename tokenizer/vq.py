@@ -67,7 +67,7 @@ class VQConfig:
     # patch (same weights and key names), so a code always draws the same pixels. With both
     # patch-local, training runs encoder, quantizer and decoder once per distinct patch of the
     # batch (the losses still weigh every position): exact, and several times cheaper on mostly
-    # empty images. Off by default; the VQ-shapes preset uses it (docs/TOKENIZER.md, session 7).
+    # empty images. Off by default; the VQ-shapes preset uses it (docs/TOKENIZER.md, "Patch-local decoder").
     decoder_patch_local: bool = False
 
     def __post_init__(self):
@@ -94,7 +94,7 @@ VQ_PRESETS: dict[str, VQConfig] = {
     # Shapes world: 96 px -> 6x6 codes; ~170 distinct 16x16 patches, so 256 codes suffice. No res
     # blocks in the encoder levels (1 per decoder level): the 96 px convs dominate CPU time.
     # Equals configs/vq/shapes.yaml.
-    # patch-local encoder + entropy loss: a code per distinct 16x16 patch (docs/TOKENIZER.md, session 6)
+    # patch-local encoder + entropy loss: a code per distinct 16x16 patch (docs/TOKENIZER.md, "Entropy loss")
     "VQ-shapes": VQConfig(codebook_size=256, codebook_embed_dim=8, z_channels=64, ch=32, num_res_blocks=0,
                           encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4],
                           codebook_restart_every=20, foreground_loss_weight=30.0, foreground_loss_steps=1500,

@@ -64,7 +64,7 @@ class ToklipEvalConfig:
     retrieval_candidates: int = 100
     # The colour's text embedding is the mean over these templates (CLIP-style ensembling), each
     # filled with the colour and with every combination of the {size} / {shape} / {position} it
-    # names. The default is the captions' own wording (docs/TOKENIZER.md, session 8).
+    # names. The default is the captions' own wording (docs/TOKENIZER.md, "The colour prompts").
     color_prompts: list[str] = field(default_factory=lambda: ["a {size} {color} {shape} in the {position}."])
     batch_size: int = 100
 

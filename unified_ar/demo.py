@@ -92,7 +92,7 @@ def command(argv: list[str]) -> None:
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name (Linux's ``/proc/cpuinfo``; else ``platform.processor()``, which may be
     empty). Two machines of one kind can differ here, and with them the demo's seconds and the
-    rounding of its bf16 / fused kernels (docs/DEMO.md, session 12)."""
+    rounding of its bf16 / fused kernels (docs/DEMO.md, "Determinism")."""
     if cpuinfo.is_file():
         for line in cpuinfo.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")

@@ -31,7 +31,7 @@ LLM_PRESETS: dict[str, dict[str, Any]] = {
     # tests: the transformers model-tester size
     "test": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=512),
-    # the CPU demo default (DESIGN.md: hidden 128 x 3 layers learns the Shapes world in minutes).
+    # the CPU demo default (hidden 128 x 3 layers learns the Shapes world in minutes, docs/DEMO.md).
     # Qwen3's architecture is Llama's plus an RMSNorm on each head's queries and keys (QK-norm):
     # the demo's VQA learns faster with it (docs/MODEL.md, "The model").
     "tiny": dict(model_type="qwen3", hidden_size=128, intermediate_size=512, num_hidden_layers=3,
