@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Iterable, Iterator, Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from unified_ar.compiled_decode import NextTokenSteps, use_compiled
 from unified_ar.generation_config import DEFAULT_GUIDANCE_SCALE
 from unified_ar.kv_cache import preallocated_cache
 from unified_ar.llm import max_context
@@ -42,6 +43,13 @@ class ImageSamplingConfig:
     # "none" (recompute the whole sequence every step: the exactness and speed baseline)
     cache: CacheKind = "preallocated"
     decode_images: bool = True
+    # the decode step (unified_ar/compiled_decode.py, docs/MODEL.md): None compiles it on CUDA when the
+    # cache is "preallocated" and the LLM a Llama / Qwen2 / Qwen3, True requires it, False: eager
+    compile: bool | None = None
+    # "next_token": one code per forward; "jacobi": speculative Jacobi decoding (unified_ar/jacobi.py),
+    # up to jacobi_window codes proposed and verified per forward, the same distribution
+    sampler: Literal["next_token", "jacobi"] = "next_token"
+    jacobi_window: int = 16
 
     @classmethod
     def for_model(cls, model, **settings) -> "ImageSamplingConfig":
@@ -216,12 +224,18 @@ def decode_n_tokens(model, logits, state: DecodeState, n: int, generators, cfg: 
     """Sample ``n`` image codes; rows are [cond; uncond] halves when ``cfg_rows``.
 
     Returns codes [B,n] and the per-step guided logits over the codebook (when kept)."""
+    if cfg.sampler == "jacobi":
+        from unified_ar.jacobi import decode_jacobi
+
+        return decode_jacobi(model, logits, state, n, generators, cfg, cfg_rows, keep_logits)
     start, stop = model.layout.image_id_range()
     batch = len(generators)
     tk_cache = model.toklip.new_cache(batch) if model.gen_projector is not None else None
+    steps = NextTokenSteps(model, state) if use_compiled(model, cfg) else None
     codes, kept = [], []
+    image_logits = logits[:, start:stop]
     for t in range(n):
-        step = logits[:, start:stop]
+        step = image_logits
         if cfg_rows:
             cond, uncond = step[:batch], step[batch:]
             scale = guidance_at(cfg.guidance_scale, cfg.guidance_schedule, t, n)
@@ -237,7 +251,12 @@ def decode_n_tokens(model, logits, state: DecodeState, n: int, generators, cfg: 
         if cfg_rows:
             ids = ids.repeat(2, 1)
             feats = feats.repeat(2, 1, 1) if feats is not None else None
-        logits, state = decode_one_token(model, model.gen_embeds(ids, feats, t), state)
+        embeds = model.gen_embeds(ids, feats, t)
+        if steps is None:
+            logits, state = decode_one_token(model, embeds, state)
+            image_logits = logits[:, start:stop]
+        else:
+            image_logits = steps.advance(embeds)
     return torch.stack(codes, dim=1), kept
 
 
@@ -347,6 +366,59 @@ def generate_text(model, prompts: list[list[int]], image_codes: torch.Tensor | N
             break
         logits, state = decode_one_token(model, model.llm.get_input_embeddings()(tok[:, None]), state)
     return out
+
+
+def _text_tokens(model, prompt_ids: list[int], image_codes: torch.Tensor | None, cfg: TextSamplingConfig,
+                 seed: int) -> Iterator[int]:
+    """The new ids of one prompt, one at a time, exactly as :func:`generate_text` samples that
+    prompt alone with ``seeds=seed`` (stops before the eos)."""
+    layout = model.layout
+    ids, mask = left_pad([prompt_ids], layout.pad_id, model.device)
+    _check_context(model, ids.shape[1], cfg.max_new_tokens)
+    logits, state = prefill(model, model.embed(ids, image_codes), mask, cfg.cache, cfg.max_new_tokens)
+    bias = _text_bias(model, logits.shape[-1], logits.device)
+    gens = make_generators([seed], model.device)
+    for step in range(cfg.max_new_tokens):
+        tok = sample_tokens(logits + bias, gens, cfg.temperature, cfg.top_k, cfg.top_p)
+        if int(tok[0]) == layout.eos_id:
+            return
+        yield int(tok[0])
+        if step + 1 < cfg.max_new_tokens:
+            logits, state = decode_one_token(model, model.llm.get_input_embeddings()(tok[:, None]), state)
+
+
+def text_pieces(tokenizer, tokens: Iterable[int]) -> Iterator[str]:
+    """The text each token adds, as ``tokenizer.decode(ids, skip_special_tokens=True).strip()`` of
+    the whole sequence so far reads: the pieces join to the decode of all ``tokens``.
+
+    Decoding the whole sequence keeps sentencepiece's word-start spaces and byte-level BPE's
+    multi-byte characters right; a character whose bytes are still arriving (U+FFFD at the end)
+    and trailing whitespace (stripped from the answer unless more text follows) wait."""
+    ids: list[int] = []
+    shown = ""
+    for token in tokens:
+        ids.append(token)
+        text = tokenizer.decode(ids, skip_special_tokens=True).strip().rstrip("\ufffd").rstrip()
+        if len(text) > len(shown) and text.startswith(shown):
+            yield text[len(shown):]
+            shown = text
+    final = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    if not final.startswith(shown):
+        raise RuntimeError(f"the tokenizer decoded {shown!r} as the start of the text, then {final!r}: "
+                           "it rewrites earlier text (clean_up_tokenization_spaces?), so it cannot stream")
+    if len(final) > len(shown):
+        yield final[len(shown):]
+
+
+@torch.inference_mode()
+def stream_text(model, prompt_ids: list[int], image_codes: torch.Tensor | None = None,
+                cfg: TextSamplingConfig | None = None, seed: int = 0) -> Iterator[str]:
+    """Continue one prompt, yielding the text of each new token as it is sampled.
+
+    ``image_codes`` [M,N]: one row per ``<|image|>`` run of the prompt. The pieces join to
+    ``model.processor.decode(generate_text(model, [prompt_ids], image_codes, cfg, seed)[0])``."""
+    cfg = cfg or TextSamplingConfig()
+    yield from text_pieces(model.tokenizer, _text_tokens(model, prompt_ids, image_codes, cfg, seed))
 
 
 def image_to_codes(model, item) -> torch.Tensor:
