@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-t2i": ("unified_ar.eval.t2i", "evaluate text-to-image: ShapesEval, TokLIP score, FID, GenEval export"),
     "sample": ("unified_ar.commands.sample", "text-to-image for a prompts file: PNGs, a grid, a JSON record"),
     "chat": ("unified_ar.commands.chat", "interactive multi-turn chat; /draw draws, then ask about the drawing"),
+    "serve": ("unified_ar.commands.serve", "a web app (Gradio): chat about pictures and drawings in one conversation"),
     "model-info": ("unified_ar.commands.model_info", "parameter counts and bf16 training memory, built on meta"),
     "report": ("unified_ar.eval.report", "write the demo report from OUT/metrics.json"),
     "train": ("unified_ar.train.stage_unified", "train the unified model: a stage config (align / unified / sft)"),

@@ -212,6 +212,8 @@ class UnifiedARModel(nn.Module):
                 part.eval()
         # None: dummy passes on multi-rank training forwards only (embed); True / False forces them
         self.uniform_modules: bool | None = None
+        # LoRA adapters on the LLM (unified_ar.train.lora.apply_lora); save_pretrained writes them merged or apart
+        self.lora_adapter = None
         # a VQ built from a folder's record is random until from_pretrained loads it (and hashes it then)
         if torch.device(device).type != "meta" and config.vq.config is None:
             self.refresh_vq_identity()
@@ -458,6 +460,9 @@ class UnifiedARModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_NAME).write_text(json.dumps(self._saved_config(), indent=2) + "\n")
         for name, module in self.named_children():
+            if name == "llm" and self.lora_adapter is not None:
+                self.lora_adapter.save_llm(directory)  # merged, or the adapter + its base (train/lora.py)
+                continue
             state = self._part_state(name, module)
             if state is None:
                 save_model(module, str(directory / f"{name}.safetensors"))
@@ -499,9 +504,75 @@ class UnifiedARModel(nn.Module):
         model = cls(config, processor.tokenizer, device=device)
         model.generation_config = generation
         model.to(device)
+        from unified_ar.train.lora import is_adapter_folder, load_adapter_llm
+
         for name, module in model.named_children():
+            if name == "llm" and is_adapter_folder(directory):  # save: adapter (needs peft)
+                load_adapter_llm(model, directory, device)
+                continue
             model._load_part(name, module, directory / f"{name}.safetensors", device)
         model.refresh_vq_identity()
         model.processor.image.check_same(processor.image, f"{directory}'s processor_config.json",
                                          "the folder's VQ weights do not match its own record")
         return model.eval()
+
+    # -- the Python API: draw, answer, chat (thin over unified_ar.sampling) ----------------
+    def draw(self, caption: str | list[str], seed: int | list[int] = 0, **settings):
+        """Text-to-image: a PIL image for a caption, a list of them for a list of captions.
+
+        ``seed``: one per caption, or a base (caption ``i`` gets ``seed + i``); the same seed draws
+        the same image. ``settings``: :class:`~unified_ar.sampling.ImageSamplingConfig` fields
+        (``guidance_scale`` (None: no CFG), ``temperature``, ``top_k``, ``top_p``, ...) over the
+        model's ``generation_config.json``."""
+        from unified_ar.sampling import ImageSamplingConfig, generate_images
+
+        captions = [caption] if isinstance(caption, str) else list(caption)
+        cfg = ImageSamplingConfig.for_model(self, **settings, decode_images=True)
+        images = generate_images(self, captions, seed, cfg).images
+        return images[0] if isinstance(caption, str) else images
+
+    def answer(self, image, question: str | list[str], **settings):
+        """Answer a question about an image (PIL image, file path, pixels [3,H,W] or codes): a str,
+        or a list for a list of questions (then ``image`` is a list, one per question). Greedy, at
+        most ``answer_max_new_tokens`` of the model's ``generation_config.json``, as ``eval-vqa``
+        answers; ``settings``: :class:`~unified_ar.sampling.TextSamplingConfig` fields on top."""
+        from unified_ar.sampling import TextSamplingConfig, answer_questions
+
+        text = self.generation_config.text
+        cfg = TextSamplingConfig.for_model(self, **{"max_new_tokens": text.answer_max_new_tokens,
+                                                    "temperature": 0.0, **settings})
+        if isinstance(question, str):
+            return answer_questions(self, [image], [question], cfg=cfg)[0]
+        if not isinstance(image, (list, tuple)):
+            raise ValueError("answer: a list of questions takes a list of images, one per question")
+        return answer_questions(self, list(image), list(question), cfg=cfg)
+
+    def _chat_inputs(self, messages: list[dict], images) -> tuple[list[int], torch.Tensor | None]:
+        """Prompt ids of the next assistant turn and the codes [M,N] of ``images`` (PIL images, paths
+        or codes, one per ``<image>`` in the messages, in order)."""
+        from unified_ar.sampling import image_to_codes
+        from unified_ar.sequences import IMAGE_MARK, normalize_messages
+
+        images = list(images or [])
+        marks = sum(m["content"].count(IMAGE_MARK) for m in normalize_messages(messages))
+        if marks != len(images):
+            raise ValueError(f"the messages hold {marks} {IMAGE_MARK} marker(s) for {len(images)} image(s)")
+        codes = torch.stack([image_to_codes(self, x) for x in images]) if images else None
+        return self.processor.chat_prompt(messages), codes
+
+    def chat(self, messages: list[dict], images=None, seed: int = 0, **settings) -> str:
+        """The assistant's reply to ``messages`` (``{"role", "content"}`` turns; ``<image>`` in a user
+        turn places the next of ``images``). ``settings``: :class:`~unified_ar.sampling.TextSamplingConfig`
+        fields over the model's ``generation_config.json``; ``seed`` matters when sampling."""
+        from unified_ar.sampling import TextSamplingConfig, generate_text
+
+        prompt, codes = self._chat_inputs(messages, images)
+        cfg = TextSamplingConfig.for_model(self, **settings)
+        return self.processor.decode(generate_text(self, [prompt], codes, cfg, seeds=seed)[0])
+
+    def stream_chat(self, messages: list[dict], images=None, seed: int = 0, **settings):
+        """:meth:`chat`, yielding the reply's text token by token; the pieces join to :meth:`chat`'s reply."""
+        from unified_ar.sampling import TextSamplingConfig, stream_text
+
+        prompt, codes = self._chat_inputs(messages, images)
+        return stream_text(self, prompt, codes, TextSamplingConfig.for_model(self, **settings), seed)
