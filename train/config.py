@@ -10,6 +10,36 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 
+# the linear layers of Llama / Qwen-style decoders (attention and MLP)
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoRAConfig:
+    """``train.lora``: LoRA adapters on the unified model's LLM, through PEFT (train/lora.py); the
+    LLM's base weights stay frozen. ``target_modules``: PEFT's (module-name suffixes).
+    ``new_rows``: also train the vocabulary rows the base tokenizer lacked (image specials, image
+    codes) in the input embeddings and output head (PEFT's trainable tokens): the adapters alone
+    cannot learn to draw from a base that never drew. ``save``: ``merged`` writes a plain model
+    folder (no peft needed to load it); ``adapter`` writes the adapter and a reference to its
+    base (``init_from``) instead of the LLM's weights."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    new_rows: bool = True
+    save: Literal["merged", "adapter"] = "merged"
+
+    def __post_init__(self) -> None:
+        checks = [(self.r >= 1, "lora.r must be >= 1"), (self.alpha > 0, "lora.alpha must be > 0"),
+                  (0.0 <= self.dropout < 1.0, "lora.dropout must be in [0, 1)"),
+                  (bool(self.target_modules), "lora.target_modules is empty")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
 @dataclass
 class TrainConfig:
     """Optimisation, distribution, checkpointing and logging of one training run.
@@ -26,7 +56,7 @@ class TrainConfig:
     # muon: Muon on the hidden weight matrices (nn.Linear weights but the LM head), AdamW on the
     # rest, one lr (Muon's update is scaled to AdamW's RMS); ZeRO-0 with fp32 weights only
     # (train/muon.py; the demo's VQA 0.70 -> 0.75-0.90 over four runs in the same seconds, docs/DEMO.md;
-    # Muon wants a lower lr than AdamW there: 7e-4, session 12).
+    # Muon wants a lower lr than AdamW there: 7e-4, docs/DEMO.md "Learning rate 7e-4").
     optimizer: Literal["adamw", "muon"] = "adamw"
     muon_momentum: float = 0.95
     lr: float = 3.0e-4
@@ -64,10 +94,16 @@ class TrainConfig:
     report_to: Literal["none", "wandb"] = "none"
     wandb_project: str = "unified-ar"
     wandb_mode: Literal["offline", "online"] = "offline"
+    # wandb, end of a unified-model stage: images drawn for the first `wandb_samples` of `wandb_prompts`
+    # (empty: of the captions of the first captions data source), with the model's sampling settings
+    wandb_samples: int = 4
+    wandb_prompts: list[str] = field(default_factory=list)
     # A non-finite loss skips the micro-batch; this many in a row stop the run (with a checkpoint).
     max_nonfinite_in_a_row: int = 8
     # Extra DeepSpeed JSON merged over the generated one (expert use; keys are DeepSpeed's).
     deepspeed_overrides: dict[str, Any] = field(default_factory=dict)
+    # LoRA adapters on the LLM instead of training its weights (the unified stage; None: off)
+    lora: LoRAConfig | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -92,6 +128,7 @@ class TrainConfig:
             (self.save_every >= 0, "save_every must be >= 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
+            (self.wandb_samples >= 0, "wandb_samples must be >= 0"),
             (self.max_nonfinite_in_a_row >= 1, "max_nonfinite_in_a_row must be >= 1"),
         ]
         for ok, message in checks:

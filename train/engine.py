@@ -388,6 +388,9 @@ def build_engine(model: nn.Module, config: TrainConfig) -> Engine:
         # several ranks must run the same modules; under ZeRO >= 1 DeepSpeed's optimizer steps every
         # parameter's (flat, zero-filled) gradient anyway, so the dummy passes change nothing there
         model.uniform_modules = world_size > 1 or config.zero_stage >= 1
+    if config.lora is not None and getattr(model, "lora_adapter", None) is None:
+        raise ConfigError(f"train.lora: {type(model).__name__} has no LoRA adapters (train.lora applies to "
+                          "the unified stage, `unified-ar train`, only)")
     trainable = select_trainable(model, config)
     ds_config = deepspeed_config(config)
     schedule = cosine_schedule(config)

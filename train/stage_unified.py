@@ -107,7 +107,7 @@ def build_model(config: StageConfig, written: dict | None = None, written_genera
     if config.init_from is None:
         model = UnifiedARModel.from_config(config.model)
         model.generation_config = config.generation
-        return model
+        return _with_lora(model, config)
     written = to_dict(config.model) if written is None else written
     llm_written = written.get("llm") if isinstance(written.get("llm"), dict) else {}
     llm_settings = {k: getattr(config.model.llm, k) for k in INIT_LLM_SETTINGS if k in llm_written}
@@ -127,7 +127,16 @@ def build_model(config: StageConfig, written: dict | None = None, written_genera
                                             if name in stated})
     model.generation_config = (config.generation if written_generation is None else
                                model.generation_config.updated(written_generation, "generation"))
-    return model
+    return _with_lora(model, config)
+
+
+def _with_lora(model, config: StageConfig):
+    """``model`` with ``train.lora``'s adapters on its LLM (train/lora.py), or as it is."""
+    if config.train.lora is None:
+        return model
+    from unified_ar.train.lora import apply_lora
+
+    return apply_lora(model, config.train, base=config.init_from)
 
 
 def _warn_unused(init_from: str, written: dict, llm_settings: dict) -> None:
