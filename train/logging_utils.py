@@ -1,12 +1,11 @@
-"""Where training metrics go: ``metrics.jsonl`` in the run dir, a tqdm bar, and wandb.
+"""Where training metrics go: ``metrics.jsonl`` in the run dir and a tqdm bar (wandb:
+:mod:`unified_ar.train.wandb_log`).
 
-Only rank 0 writes. wandb runs offline unless the config says ``wandb_mode: online``
-(or the user's environment sets ``WANDB_MODE``), so nothing leaves the machine by default.
+Only rank 0 writes.
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +48,12 @@ class MetricsLog:
 
 
 class Reporter:
-    """Console progress bar plus optional wandb, fed one record per logged step."""
+    """Console progress bar, fed one record per logged step."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, start_step: int, enabled: bool, full_config: dict):
+    def __init__(self, config: TrainConfig, run_dir: Path, start_step: int, enabled: bool):
         self.enabled = enabled
         self.bar = tqdm(total=config.max_steps, initial=start_step, desc="train", dynamic_ncols=True,
                         disable=not (enabled and config.progress_bar))
-        self.wandb = None
-        if enabled and config.report_to == "wandb":
-            import wandb  # optional dependency, imported only when asked for
-
-            os.environ.setdefault("WANDB_MODE", config.wandb_mode)
-            self.wandb = wandb.init(project=config.wandb_project, dir=str(run_dir), config=full_config,
-                                    name=run_dir.name, resume="allow")
 
     def advance(self, steps: int) -> None:
         self.bar.update(steps)
@@ -72,8 +64,6 @@ class Reporter:
         shown = {k: _short(record[k]) for k in ("loss", "text_loss", "image_loss", "lr", "grad_norm",
                                                  "tokens_per_s", "padding") if record.get(k) is not None}
         self.bar.set_postfix(shown, refresh=False)
-        if self.wandb is not None:
-            self.wandb.log(record, step=record["step"])
 
     def message(self, text: str) -> None:
         if self.enabled:
@@ -81,8 +71,6 @@ class Reporter:
 
     def close(self) -> None:
         self.bar.close()
-        if self.wandb is not None:
-            self.wandb.finish()
 
 
 def _short(value: Any) -> str:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from unified_ar.config import save_config, to_dict
-from unified_ar.train import checkpoint
+from unified_ar.train import checkpoint, wandb_log
 from unified_ar.train.config import TrainConfig
 from unified_ar.train.engine import Engine, build_engine
 from unified_ar.train.logging_utils import MetricsLog, Reporter
@@ -106,20 +106,27 @@ def train(model: nn.Module, data: Batches, config: TrainConfig, run_dir: str | P
             metrics_log.truncate_after(engine.global_step)
     if engine.is_main:
         save_config(full_config, run_dir)
-    reporter = Reporter(config, run_dir, engine.global_step, engine.is_main, to_dict(full_config))
+    reporter = Reporter(config, run_dir, engine.global_step, engine.is_main)
     if resume:
         reporter.message(f"resumed from step {engine.global_step} (data position {state['position']})"
                          if engine.global_step else f"{run_dir}: no checkpoint to resume; starting at step 0")
+    wandb_run = wandb_log.start(config, run_dir, to_dict(full_config), resume=resume, is_main=engine.is_main)
+    finished = False
     try:
-        result = _run(engine, data, config, run_dir, state, metrics_log, reporter, full_config)
+        result = _run(engine, data, config, run_dir, state, metrics_log, reporter, full_config, wandb_run)
+        wandb_log.end_of_stage(engine, wandb_run, config, full_config, result, reporter.message)
+        finished = True
     finally:
         reporter.close()
         metrics_log.close()
+        if wandb_run is not None:
+            wandb_run.finish(failed=not finished)
     return result
 
 
 def _run(engine: Engine, data: Batches, config: TrainConfig, run_dir: Path, state: dict,
-         metrics_log: MetricsLog, reporter: Reporter, full_config: Any) -> TrainResult:
+         metrics_log: MetricsLog, reporter: Reporter, full_config: Any,
+         wandb_run: wandb_log.WandbRun | None) -> TrainResult:
     result = TrainResult(run_dir=run_dir, steps=engine.global_step, rank=engine.rank)
     batches = data.iter_from(state["position"], engine.rank, engine.world_size)
     saved_at = engine.global_step if state["position"] else -1
@@ -154,6 +161,8 @@ def _run(engine: Engine, data: Batches, config: TrainConfig, run_dir: Path, stat
         reporter.advance(1)
         if engine.global_step % config.log_every == 0 or engine.global_step == config.max_steps:
             reporter.show(record)
+            if wandb_run is not None:
+                wandb_run.log(record)
         if config.save_every and engine.global_step % config.save_every == 0:
             checkpoint.save(engine, run_dir, _client_state(state, data), full_config)
             saved_at = engine.global_step
