@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from unified_ar.config import ConfigError, from_dict
+from unified_ar.files import write_atomic
 from unified_ar.eval.t2i import image_name
 
 VQA_TYPES = ("color", "shape", "count", "existence", "position", "size")
@@ -545,9 +546,7 @@ def write_report(out_dir: str | Path, options: ReportOptions | None = None) -> P
     metrics = load_metrics(out)
     page = _page(out, metrics, options or ReportOptions())
     path = out / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(page)
-    tmp.replace(path)  # a reader never sees half a page
+    write_atomic(path, page)  # a reader never sees half a page
     return path
 
 

@@ -28,6 +28,7 @@ Sample ``k`` of prompt ``i`` (file line / sorted file name) is drawn with seed
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import sys
@@ -40,6 +41,7 @@ from PIL import Image
 
 from unified_ar.config import from_dict
 from unified_ar.devices import DEVICE_HELP
+from unified_ar.files import TMP_SUFFIX, write_atomic
 from unified_ar.train.shapes.world import WorldConfig
 
 
@@ -108,11 +110,18 @@ def generate_missing(image_fn: Callable, prompts: Sequence[dict], folder: str | 
     return len(todo)
 
 
-def save_png(path: Path, img: np.ndarray) -> None:
-    """Written beside, then renamed: a killed run never leaves half a PNG (nor a name a scorer reads)."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(img).save(tmp)
-    tmp.replace(path)
+def save_png(path: Path, img: np.ndarray, text: dict[str, str] | None = None) -> None:
+    """Written beside, then renamed: a killed run never leaves half a PNG (nor a name a scorer reads).
+    The temporary name holds the process id, so two ranks writing the same file never collide.
+    ``text``: compressed PNG text chunks (key -> value) stored in the file."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value, zip=True)
+    encoded = io.BytesIO()
+    Image.fromarray(img).save(encoded, format="PNG", pnginfo=info)
+    write_atomic(path, encoded.getvalue())
 
 
 def export_geneval(prompts: Sequence[dict], images: Sequence[np.ndarray], out: str | Path) -> Path:
@@ -245,7 +254,7 @@ def prepare_geneval_folder(out: Path, p: BenchPrompt, n_samples: int) -> None:
     meta.write_text(p.metadata, encoding="utf-8")
     ours = {geneval_sample(out, p, k).name for k in range(n_samples)}
     for f in sorted((folder / "samples").iterdir()):
-        if f.name.startswith(".") and f.name.endswith(".tmp.png"):
+        if f.name.startswith(".") and f.name.endswith(TMP_SUFFIX):
             f.unlink()  # a killed run's half-written sample
         elif re.match(r"\d+\.png", f.name) and f.name not in ours:  # what evaluate_images.py reads
             raise ValueError(f"{f}: GenEval would score it, but --n-samples {n_samples} writes "
@@ -291,8 +300,10 @@ def write_dpg(image_fn: Callable, prompts: Sequence[BenchPrompt], out: str | Pat
     whose grid is missing; returns how many samples it drew."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for f in out.glob(".*.tmp.png"):
-        f.unlink()  # a killed run's half-written grid (compute_dpg_bench.py would try every file)
+    ours = tuple(f".{p.name}.png." for p in prompts)  # names hold no ".": no prefix is another's
+    for f in out.glob(f".*{TMP_SUFFIX}"):
+        if f.name.startswith(ours):  # another rank's prompts are its own to clean
+            f.unlink()  # a killed run's half-written grid (compute_dpg_bench.py would try every file)
     jobs = [(p, k) for p in prompts if not (out / f"{p.name}.png").is_file() for k in range(DPG_TILES)]
     pending: dict[str, dict[int, np.ndarray]] = {}
 
@@ -469,7 +480,7 @@ def check_sampling_settings(folder: Path, settings: dict, path: Path | None = No
         raise ValueError(f"{folder} holds images but no {path.name} (at {path}): their settings are unknown; "
                          f"use another --out or delete {folder}")
     folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=1) + "\n")
+    write_atomic(path, json.dumps(settings, indent=1) + "\n")  # ranks starting together read it whole
 
 
 EXPORT_ONLY_WITH_PROMPTS = ("images", "render", "shuffle_seed", "world", "geneval_out", "toklip", "fid_ref")

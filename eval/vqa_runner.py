@@ -28,6 +28,7 @@ from unified_ar.eval.predictions import (
     append_records, merge_shards, read_benchmark_predictions, repair_tail, shard_path,
 )
 from unified_ar.eval.vqa_accuracy import ANSWER_PROCESSING
+from unified_ar.files import write_atomic
 from unified_ar.generation_config import MODEL_DEFAULT, GenerationConfig, PromptFormat, flags_given
 
 AnswerFn = Callable[[list[VQASample]], list[str]]
@@ -86,13 +87,6 @@ def metrics_markdown(metrics: dict, title: str) -> str:
     return "\n".join(lines + [f"| {k} | {v} |" for k, v in rows]) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # Two ranks may finish together; each writes the same bytes, renamed into place.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def finalize(samples: Sequence[VQASample], benchmark: str, data_dir: str | Path, out_dir: str | Path,
              options: BenchmarkOptions, limited: bool) -> dict | None:
     """Merge shards and score when every question has an answer; None while some are missing."""
@@ -104,13 +98,13 @@ def finalize(samples: Sequence[VQASample], benchmark: str, data_dir: str | Path,
               "(other ranks running?); the rank that finishes last writes the metrics", file=sys.stderr)
         return None
     ordered = [merged[s.key] for s in samples]
-    _write_atomic(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in ordered))
+    write_atomic(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in ordered))
     predictions = {s.key: merged[s.key]["text"] for s in samples}
     only = [s.key for s in samples] if limited else None
     metrics = get_benchmark(benchmark).score(predictions, data_dir, options, only=only)
     metrics["merge_conflicts"] = conflicts
-    _write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-    _write_atomic(out_dir / "metrics.md", metrics_markdown(metrics, f"{benchmark} ({len(samples)} questions)"))
+    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_atomic(out_dir / "metrics.md", metrics_markdown(metrics, f"{benchmark} ({len(samples)} questions)"))
     return metrics
 
 
@@ -202,7 +196,7 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, indent=1))
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            _write_atomic(Path(args.out) / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+            write_atomic(Path(args.out) / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         return 0
     from unified_ar.eval.model_adapter import load_answer_fn
 

@@ -131,7 +131,7 @@ def test_geneval_resume_draws_only_what_is_missing_and_the_same(tmp_path):
     killed = FakeImageFn(fail_after=2)
     with pytest.raises(KeyboardInterrupt):
         write_geneval(killed, prompts, tmp_path / "run", n_samples=4, batch_size=5)
-    (tmp_path / "run" / "00000" / "samples" / ".00003.png.tmp.png").write_bytes(b"half")  # a torn write
+    (tmp_path / "run" / "00000" / "samples" / ".00003.png.999.tmp").write_bytes(b"half")  # a torn write
     again = FakeImageFn()
     assert write_geneval(again, prompts, tmp_path / "run", n_samples=4, batch_size=3) == 24 - 10
     assert sorted(v for c in again.calls for v in c) == sorted(

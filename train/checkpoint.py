@@ -12,7 +12,6 @@ so a run killed mid-write resumes from the previous checkpoint. DeepSpeed's own
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from unified_ar.config import save_config
+from unified_ar.files import write_atomic
 from unified_ar.train.engine import Engine
 
 CHECKPOINTS = "checkpoints"
@@ -47,15 +47,6 @@ def latest_tag(run_dir: str | Path) -> str | None:
     return tag
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def save(engine: Engine, run_dir: str | Path, client_state: dict, config: Any | None = None) -> Path:
     """Write a checkpoint of ``engine`` at its current step (collective: every rank calls it)."""
     root = checkpoint_dir(run_dir)
@@ -69,7 +60,7 @@ def save(engine: Engine, run_dir: str | Path, client_state: dict, config: Any | 
     if engine.is_main:
         if config is not None:
             save_config(config, root / tag)
-        _write_atomic(root / LATEST, tag)
+        write_atomic(root / LATEST, tag)
         _prune(root, keep=engine.config.keep_checkpoints, latest=tag)
     engine.barrier()
     return root / tag

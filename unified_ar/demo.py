@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from unified_ar.config import ConfigError, load_config, packaged_config, save_config, to_dict
+from unified_ar.files import write_atomic
 from unified_ar.train.shapes.world import WorldConfig
 
 
@@ -70,9 +71,7 @@ def run_stage(out: Path, name: str, fn: Callable[[], dict | None], timings: dict
         result = dict(fn() or {})
         result["seconds"] = round(time.perf_counter() - start, 2)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        tmp.replace(marker)
+        write_atomic(marker, json.dumps(result, indent=1) + "\n")
         print(f"[demo] {name}: {result['seconds']:.0f}s", flush=True)
     timings[name] = result["seconds"]
     return result
