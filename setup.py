@@ -41,7 +41,10 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6", "xformers>=0.0.28"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "serve": ["gradio>=6.31", "gradio_client>=2.7", "selenium>=4.51"],  # selenium: serve --screenshot
+        "lora": ["peft>=0.21"],  # train.lora (train/lora.py) and loading save: adapter folders
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "gradio>=6.31", "gradio_client>=2.7", "selenium>=4.51",
+                "peft>=0.21"],
     },
     entry_points={"console_scripts": ["unified-ar=unified_ar.cli:main"]},
 )
