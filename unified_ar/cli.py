@@ -14,6 +14,7 @@ from unified_ar.config import ConfigError
 # name -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("unified_ar.demo", "the main job: train and evaluate the whole stack on the Shapes world"),
+    "demo-sweep": ("unified_ar.demo_sweep", "the demo over several seeds: each seed's figures, the minimum, the bars"),
     "world": ("unified_ar.train.shapes.cli", "generate the Shapes world and print its statistics"),
     "eval-vqa": ("unified_ar.eval.vqa_runner", "answer or score a VQA benchmark (official-equivalent metrics)"),
     "eval-t2i": ("unified_ar.eval.t2i", "evaluate text-to-image: ShapesEval, TokLIP score, FID, GenEval export"),
