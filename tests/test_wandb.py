@@ -4,6 +4,7 @@ wandb off nothing imports it, and with wandb missing the run stops with one line
 from __future__ import annotations
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -59,6 +60,12 @@ def _offline_runs(wandb_dir: Path) -> list[Path]:
     return sorted((wandb_dir / "wandb").glob("offline-run-*"))
 
 
+def _is_run(folder: Path, run_id: str) -> bool:
+    """wandb names an offline run ``offline-run-{time}-{id}``, with ``-1``, ``-2``... appended when
+    two runs of one id start within the same second."""
+    return re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", folder.name) is not None
+
+
 def _history(run: Path) -> dict[int, dict]:
     """step -> {key: value} of an offline run's logged history."""
     steps: dict[int, dict] = {}
@@ -105,7 +112,7 @@ def test_stage_logs_metrics_samples_and_resumes_the_same_run(shapes_world, tmp_p
     assert main(["train", "--config", str(config)]) == 0
     run_id = (run_dir / RUN_ID_FILE).read_text().strip()
     [first] = _offline_runs(offline)
-    assert first.name.endswith(run_id)
+    assert _is_run(first, run_id)
     history = _history(first)
     assert sorted(history) == [1, 2, 3, 4]
     losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -122,14 +129,14 @@ def test_stage_logs_metrics_samples_and_resumes_the_same_run(shapes_world, tmp_p
                  "--train.wandb_prompts", '["a red circle"]']) == 0
     assert (run_dir / RUN_ID_FILE).read_text().strip() == run_id
     second = [r for r in _offline_runs(offline) if r != first]
-    assert len(second) == 1 and second[0].name.endswith(run_id)
+    assert len(second) == 1 and _is_run(second[0], run_id)
     resumed = _history(second[0])
     assert sorted(resumed) == [5, 6] and resumed[6]["samples/captions"] == ["a red circle"]
 
     # evaluation figures computed after the stage join the same run's summary
     assert log_figures(TrainConfig(report_to="wandb"), run_dir, {"vqa/overall": 0.5})
     third = [r for r in _offline_runs(offline) if r not in (first, second[0])]
-    assert len(third) == 1 and third[0].name.endswith(run_id)
+    assert len(third) == 1 and _is_run(third[0], run_id)
     assert _summary(third[0])["vqa/overall"] == 0.5
 
 
